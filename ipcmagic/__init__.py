@@ -1,0 +1,48 @@
+"""IPython magics that run parallel code in the Slurm allocation a notebook already runs in.
+
+``%load_ext ipcmagic`` (or ``import ipcmagic`` inside IPython) registers ``%ipcluster``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__version__ = "0.1.0"
+
+_magics = None  # the IPClusterMagics of this kernel, once loaded
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics in ``ipython`` (``%load_ext ipcmagic``)."""
+    global _magics
+    if _magics is None or _magics.shell is not ipython:
+        from .magics import IPClusterMagics
+
+        _magics = IPClusterMagics(shell=ipython)
+    ipython.register_magics(_magics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Stop this kernel's cluster (``%unload_ext ipcmagic``)."""
+    if _magics is not None:
+        _magics.cluster.stop()
+
+
+def client() -> Any:
+    """The ``ipyparallel.Client`` of this kernel's running cluster (its ``.cluster`` is the Cluster)."""
+    if _magics is None or not _magics.cluster.running:
+        raise RuntimeError("No cluster is running; start one with %ipcluster start.")
+    return _magics.cluster.client
+
+
+def _register_on_import() -> None:
+    """``import ipcmagic`` inside IPython registers the magics, as the predecessor did."""
+    if "IPython" not in sys.modules:
+        return
+    ipython = sys.modules["IPython"].get_ipython()
+    if ipython is not None:
+        load_ipython_extension(ipython)
+
+
+_register_on_import()

@@ -1,0 +1,285 @@
+"""One kernel's ipyparallel cluster: plan, start, describe and stop it."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+from traitlets import CaselessStrEnum, Float, Integer, Unicode
+from traitlets.config import Config, LoggingConfigurable
+
+from .slurm import Allocation
+
+LAUNCHERS = ("auto", "srun", "mpirun", "local")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started or reached; the message says why and what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through ipcmagic's internals
+        return [f"{type(self).__name__}: {self}"]
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """What will run: a launcher, how many engines, and the launcher's traits."""
+
+    launcher: str
+    n: int
+    traits: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def launcher_class(self) -> type:
+        return launcher_class(self.launcher)
+
+
+def launcher_class(name: str) -> type:
+    """The ipyparallel engine-set launcher class of a launcher name."""
+    from .launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
+
+    if name == "local":
+        from ipyparallel.cluster.launcher import LocalEngineSetLauncher
+
+        return LocalEngineSetLauncher
+    return {"srun": SrunEngineSetLauncher, "mpirun": MpirunEngineSetLauncher}[name]
+
+
+def resolve_launcher(launcher: str, allocation: Allocation | None) -> str:
+    """The launcher that ``auto`` means here, or UsageError for an unknown or impossible one."""
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"Unknown launcher {launcher!r}; use one of {', '.join(LAUNCHERS)}.")
+    if launcher == "auto":
+        return "srun" if allocation else "local"
+    if launcher == "srun" and allocation is None:
+        raise UsageError(
+            "The srun launcher needs a Slurm allocation, but SLURM_JOB_ID is not set; "
+            "run the notebook inside salloc/sbatch or use --launcher local."
+        )
+    return launcher
+
+
+def plan_engines(
+    allocation: Allocation | None,
+    *,
+    launcher: str = "auto",
+    n: int | None = None,
+    cpus_per_engine: int | None = None,
+    mpi: str | None = None,
+    launcher_args: str = "",
+) -> EnginePlan:
+    """Turn a user's request into an EnginePlan, or raise UsageError saying what to change."""
+    launcher = resolve_launcher(launcher, allocation)
+    if launcher != "srun" and (cpus_per_engine or mpi):
+        raise UsageError("-c/--cpus-per-engine and --mpi apply to the srun launcher only.")
+    if n is None:
+        n = allocation.tasks() if allocation and launcher == "srun" else os.cpu_count() or 1
+    if n < 1:
+        raise UsageError(f"-n must be at least 1 engine, not {n}.")
+    cpus = cpus_per_engine or 1
+    if cpus < 1:
+        raise UsageError(f"-c must be at least 1 CPU per engine, not {cpus}.")
+    if launcher == "srun" and n * cpus > allocation.cpus:
+        raise UsageError(
+            f"{n} engines with {cpus} CPU(s) each need {n * cpus} CPUs, but this allocation has "
+            f"{allocation.cpus}; use -n {allocation.cpus // cpus} or fewer, or a larger allocation."
+        )
+    try:
+        args = shlex.split(launcher_args)
+    except ValueError as e:
+        raise UsageError(f"--launcher-args {launcher_args!r} is not valid shell syntax: {e}.") from None
+    traits: dict[str, Any]
+    if launcher == "srun":
+        traits = {"mpi_args": args, "cpus_per_engine": cpus}
+        if mpi:
+            traits["mpi"] = mpi
+    elif launcher == "mpirun":
+        traits = {"mpi_args": args}
+    else:
+        traits = {"engine_args": args, "delay": 0.0}
+    return EnginePlan(launcher, n, traits)
+
+
+def _engine_info() -> tuple[int | None, str, int]:
+    """Runs on an engine: (MPI rank or None, host, pid)."""
+    import os
+    import socket
+    import sys
+
+    rank = None
+    if "mpi4py.MPI" in sys.modules:
+        rank = sys.modules["mpi4py.MPI"].COMM_WORLD.Get_rank()
+    return rank, socket.gethostname(), os.getpid()
+
+
+class IPCluster(LoggingConfigurable):
+    """The ipyparallel cluster of one kernel: its own cluster id, profile directory and engines.
+
+    Defaults are configurable in ``ipython_config.py``, e.g. ``c.IPCluster.launcher = "srun"``;
+    launcher options live on the launchers (``c.SrunEngineSetLauncher.mpi = "pmix"``).
+    """
+
+    launcher = CaselessStrEnum(
+        LAUNCHERS,
+        "auto",
+        config=True,
+        help="Default launcher; auto means srun inside a Slurm allocation, else local.",
+    )
+    timeout = Integer(60, config=True, help="Seconds to wait for all engines to register.")
+    heartbeat_ms = Integer(
+        100,
+        config=True,
+        help="Controller heartbeat period in ms; engines count as registered on a heartbeat "
+        "(ipyparallel's default of 3000 makes every start up to 3 s slower).",
+    )
+    heartbeat_tolerance = Float(
+        10.0, config=True, help="Seconds without a heartbeat after which an engine counts as dead."
+    )
+    controller_ip = Unicode(
+        "",
+        config=True,
+        help="Address the controller listens on; empty: loopback when all engines run on this "
+        "host, else all interfaces.",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = None  # ipyparallel.Cluster while running
+        self.client = None
+        self.plan: EnginePlan | None = None
+        self.started_at = 0.0
+        atexit.register(self.shutdown)
+
+    @property
+    def running(self) -> bool:
+        return self.cluster is not None
+
+    def _controller_ip(self, plan: EnginePlan, allocation: Allocation | None) -> str:
+        if self.controller_ip:
+            return self.controller_ip
+        here = {socket.gethostname(), socket.gethostname().split(".")[0]}
+        remote = plan.launcher == "srun" and allocation and not set(allocation.nodes) <= here
+        return "*" if remote else "127.0.0.1"
+
+    def start(self, plan: EnginePlan, timeout: int | None = None) -> Any:
+        """Start a controller and the planned engines; return the connected Client."""
+        import ipyparallel as ipp
+
+        if self.running:
+            raise UsageError(
+                f"A cluster with {self.plan.n} {self.plan.launcher} engines is already running; "
+                "stop it first with %ipcluster stop."
+            )
+        log = logging.getLogger("ipcmagic.ipyparallel")
+        log.setLevel(logging.CRITICAL)  # failures are raised with the launcher's own output instead
+        config = Config()
+        config.merge(self.config)
+        # the plan's launcher options override the user's config for this start only
+        config.merge(Config({plan.launcher_class.__name__: plan.traits}))
+        self.cluster = ipp.Cluster(
+            config=config,
+            log=log,
+            n=plan.n,
+            engines=plan.launcher_class,
+            profile_dir=tempfile.mkdtemp(prefix="ipcmagic-"),
+            controller_ip=self._controller_ip(plan, Allocation.from_env()),
+            controller_args=self._controller_args(),
+            engine_timeout=timeout or self.timeout,
+            delay=0,
+            shutdown_atexit=False,
+        )
+        self.plan, self.started_at = plan, time.monotonic()
+        try:
+            self.client = self.cluster.start_and_connect_sync()
+        except BaseException as e:
+            output = self._launcher_output()
+            self.stop()
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise ClusterError(self._start_failure(plan, e, output)) from None
+        view = self.client[:]
+        view.block = True
+        view.activate()
+        return self.client
+
+    def _controller_args(self) -> list[str]:
+        misses = max(1, round(self.heartbeat_tolerance * 1000 / self.heartbeat_ms))
+        return [
+            f"--HeartMonitor.period={self.heartbeat_ms}",
+            f"--HeartMonitor.max_heartmonitor_misses={misses}",
+        ]
+
+    def plan_start(
+        self, allocation: Allocation | None, launcher: str | None = None, **request: Any
+    ) -> EnginePlan:
+        """Plan a start here: the launcher's command must exist before the allocation is asked."""
+        launcher = resolve_launcher(launcher or self.launcher, allocation)
+        command = getattr(launcher_class(launcher)(parent=self), "mpi_cmd", None)
+        if command and not shutil.which(command[0]):
+            raise UsageError(
+                f"{command[0]} is not on PATH; load it (e.g. module load) or use another launcher."
+            )
+        return plan_engines(allocation, launcher=launcher, **request)
+
+    def _launcher_output(self) -> str:
+        """What the engine launchers printed, and the controller too if it died."""
+        launchers = list(self.cluster.engines.values())
+        controller = self.cluster.controller
+        if controller is not None and controller.state == "after":
+            launchers.append(controller)
+        return "\n".join(out.strip() for out in (la.get_output() for la in launchers) if out.strip())
+
+    @staticmethod
+    def _start_failure(plan: EnginePlan, error: BaseException, output: str) -> str:
+        from ipyparallel.error import EngineError
+
+        if isinstance(error, TimeoutError):
+            reason = "not all engines registered in time; raise --timeout or read the output below"
+        elif isinstance(error, EngineError):
+            reason = f"the {plan.launcher} launcher exited before all engines registered"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        message = (
+            f"Starting {plan.n} {plan.launcher} engines failed: {reason}. Everything started was stopped."
+        )
+        lines = output.splitlines()[-40:]
+        return "\n".join([message, *lines])
+
+    def stop(self) -> None:
+        """Stop engines and controller and remove the cluster's files; return when all are gone."""
+        cluster, client = self.cluster, self.client
+        if cluster is None:
+            return
+        self.cluster = self.client = None
+        if client is not None:
+            client.close()
+        try:
+            cluster.stop_cluster_sync()
+        finally:
+            shutil.rmtree(cluster.profile_dir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Stop quietly at interpreter exit."""
+        try:
+            self.stop()
+        except Exception as e:  # exit must go on; say what was left
+            print(f"ipcmagic: stopping the cluster at exit failed: {e}", file=sys.stderr)
+
+    def engines(self) -> list[dict[str, Any]]:
+        """One row per engine: id, MPI rank, host and pid."""
+        if self.client is None:
+            return []
+        ids = self.client.ids
+        infos = self.client[ids].apply_async(_engine_info).get(timeout=10) if ids else []
+        rows = zip(ids, infos, strict=True)
+        return [{"id": i, "rank": rank, "host": host, "pid": pid} for i, (rank, host, pid) in rows]

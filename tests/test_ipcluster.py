@@ -1,0 +1,160 @@
+"""%ipcluster against real controllers and engines: local processes, mpirun and srun steps in Slurm."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+import ipcmagic
+from ipcmagic.cluster import ClusterError
+
+
+def ranks(rc) -> list[int]:
+    return rc[:].apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_rank())
+
+
+def run_px(ip, code: str) -> None:
+    ip.run_cell_magic("px", "", code)
+
+
+def test_local_engines(ip, outside_slurm, capsys):
+    ip.run_line_magic("ipcluster", "start -n 2")
+    assert "2 local engines ready" in capsys.readouterr().out
+    run_px(ip, "import os; pid = os.getpid()")
+    rc = ipcmagic.client()
+    assert rc.ids == [0, 1] and len(set(rc[:]["pid"])) == 2
+    ip.run_line_magic("ipcluster", "stop")
+    assert "Cluster stopped" in capsys.readouterr().out
+
+
+def test_mpirun_engines_are_ranks(ip, outside_slurm, mpirun):
+    ip.run_line_magic("ipcluster", "start -n 3 --launcher mpirun --launcher-args=--oversubscribe")
+    rc = ipcmagic.client()
+    assert rc.ids == [0, 1, 2] and ranks(rc) == rc.ids
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_srun_engines_are_ranks_of_one_step(ip, in_allocation, capsys):
+    ip.run_line_magic("ipcluster", "start -n 4")
+    rc = ipcmagic.client()
+    assert rc.ids == [0, 1, 2, 3] and ranks(rc) == rc.ids
+    cluster_id = rc.cluster.cluster_id
+    steps = subprocess.run(["squeue", "--steps", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
+    assert f"{in_allocation['SLURM_JOB_ID']}." in steps and f"ipcmagic-{cluster_id}" in steps
+    capsys.readouterr()
+    ip.run_line_magic("ipcluster", "status")
+    status = capsys.readouterr().out
+    assert f"cluster {cluster_id}: srun, 4 engines" in status
+    assert [line.split()[:2] for line in status.splitlines()[2:]] == [[str(i), str(i)] for i in range(4)]
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_srun_with_cpus_and_mpi_type(ip, in_allocation):
+    ip.run_line_magic("ipcluster", "start -n 2 -c 2 --mpi pmix")
+    rc = ipcmagic.client()
+    assert rc[:].apply_sync(lambda: os.environ["SLURM_CPUS_PER_TASK"]) == ["2", "2"]
+    ip.run_line_magic("ipcluster", "stop")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("start -n 0", "at least 1"),
+        ("start -n -1", "at least 1"),
+        ("start -n abc", "invalid int value"),
+        ("start -n 9", "this allocation has 8"),
+        ("start --launcher slurm", "invalid choice"),
+        ("start --timeout 0", "argument --timeout"),
+        ("launch", "invalid choice"),
+        ("", "Say what to do"),
+    ],
+)
+def test_bad_lines_raise_usage_errors(ip, in_allocation, line, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("ipcluster", line)
+
+
+def test_srun_outside_an_allocation(ip, outside_slurm):
+    with pytest.raises(UsageError, match="needs a Slurm allocation"):
+        ip.run_line_magic("ipcluster", "start -n 2 --launcher srun")
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_launcher_not_on_path(ip, in_allocation, monkeypatch, launcher):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
+    with pytest.raises(UsageError, match=f"{launcher} is not on PATH"):
+        ip.run_line_magic("ipcluster", f"start -n 2 --launcher {launcher}")
+
+
+def test_failing_srun_fails_at_once_with_its_own_error(ip, in_allocation):
+    tic = time.monotonic()
+    with pytest.raises(ClusterError, match="(?s)srun launcher exited.*Invalid MPI type 'bogus'"):
+        ip.run_line_magic("ipcluster", "start -n 2 --mpi bogus")
+    assert time.monotonic() - tic < 10
+
+
+def test_timeout_stops_everything(ip, in_allocation):
+    # a "launcher" that never starts engines: the wait must end at --timeout, and it must be killed
+    ip.config.SrunEngineSetLauncher.mpi_cmd = ["bash", "-c", "sleep 300", "never-registers"]
+    try:
+        tic = time.monotonic()
+        with pytest.raises(ClusterError, match="not all engines registered in time"):
+            ip.run_line_magic("ipcluster", "start -n 2 --timeout 2")
+        assert time.monotonic() - tic < 15
+    finally:
+        del ip.config.SrunEngineSetLauncher["mpi_cmd"]
+
+
+def test_start_twice_and_stop_twice(ip, outside_slurm, capsys):
+    ip.run_line_magic("ipcluster", "start -n 1")
+    with pytest.raises(UsageError, match="already running; stop it first"):
+        ip.run_line_magic("ipcluster", "start -n 2")
+    assert ipcmagic.client().ids == [0]
+    ip.run_line_magic("ipcluster", "stop")
+    capsys.readouterr()
+    ip.run_line_magic("ipcluster", "stop")
+    assert "No cluster is running" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="No cluster is running"):
+        ipcmagic.client()
+
+
+def test_clusters_are_isolated(nothing_left, outside_slurm):
+    from ipcmagic.cluster import IPCluster, plan_engines
+
+    first, second = IPCluster(), IPCluster()
+    try:
+        rc1 = first.start(plan_engines(None, n=1))
+        rc2 = second.start(plan_engines(None, n=2))
+        assert first.cluster.cluster_id != second.cluster.cluster_id
+        assert first.cluster.profile_dir != second.cluster.profile_dir
+        assert (rc1.ids, rc2.ids) == ([0], [0, 1])
+        first.stop()
+        assert rc2[:].apply_sync(lambda: 1) == [1, 1]
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_version(ip, capsys):
+    ip.run_line_magic("ipcluster", "--version")
+    assert capsys.readouterr().out.strip() == f"ipcmagic {ipcmagic.__version__}"
+
+
+def test_import_outside_ipython_does_nothing():
+    out = subprocess.run(
+        [sys.executable, "-c", "import ipcmagic; print(ipcmagic.__version__)"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == ipcmagic.__version__
+
+
+def test_import_inside_ipython_registers_the_magic():
+    code = "import ipcmagic\nget_ipython().run_line_magic('ipcluster', '--version')\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "IPython", "--quick", "-c", code], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and f"ipcmagic {ipcmagic.__version__}" in out.stdout, out.stderr

@@ -1,0 +1,101 @@
+"""The launch plan: what a magic line turns into, without running anything."""
+
+import sys
+
+import pytest
+from IPython.core.error import UsageError
+
+from ipcmagic.cluster import EnginePlan, plan_engines
+from ipcmagic.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
+from ipcmagic.slurm import Allocation
+
+ALLOC = Allocation(job_id="42", nodes=("n1",), cpus_per_node=(8,), env_tasks=6)
+
+
+def launcher_args(plan: EnginePlan) -> list[str]:
+    launcher = plan.launcher_class(cluster_id="abc", profile_dir="/p", **plan.traits)
+    launcher.n = plan.n
+    return launcher.args
+
+
+def test_auto_is_srun_inside_an_allocation_with_its_task_count():
+    plan = plan_engines(ALLOC)
+    assert (plan.launcher, plan.n) == ("srun", 6)
+    args = launcher_args(plan)
+    assert args[:6] == ["srun", "-n", "6", "--cpus-per-task=1", "--job-name=ipcmagic-abc", "--overlap"]
+    assert args[6:9] == [sys.executable, "-m", "ipyparallel.engine"] and "--mpi" in args
+
+
+def test_auto_is_local_outside_slurm():
+    plan = plan_engines(None, n=3)
+    assert (plan.launcher, plan.n, plan.traits["delay"]) == ("local", 3, 0.0)
+
+
+def test_srun_options_and_passthrough():
+    plan = plan_engines(ALLOC, n=2, cpus_per_engine=4, mpi="pmix", launcher_args="--cpu-bind=cores -x 'a b'")
+    args = launcher_args(plan)
+    assert args[:8] == [
+        "srun",
+        "-n",
+        "2",
+        "--cpus-per-task=4",
+        "--job-name=ipcmagic-abc",
+        "--overlap",
+        "--mpi=pmix",
+        "--cpu-bind=cores",
+    ]
+    assert args[8:10] == ["-x", "a b"]
+
+
+def test_srun_without_overlap_by_config():
+    launcher = SrunEngineSetLauncher(cluster_id="c", overlap=False, mpi_cmd=["/opt/slurm/bin/srun"])
+    launcher.n = 1
+    assert launcher.args[0] == "/opt/slurm/bin/srun" and "--overlap" not in launcher.args
+
+
+def test_mpirun_plan():
+    plan = plan_engines(None, launcher="mpirun", n=3, launcher_args="--oversubscribe")
+    assert plan.launcher_class is MpirunEngineSetLauncher
+    args = launcher_args(plan)
+    assert args[:4] == ["mpirun", "-n", "3", "--oversubscribe"] and "--mpi" in args
+
+
+def test_local_plan_passes_args_to_the_engines():
+    plan = plan_engines(None, launcher="local", n=2, launcher_args="--log-level=DEBUG")
+    assert plan.traits["engine_args"] == ["--log-level=DEBUG"]
+
+
+@pytest.mark.parametrize(
+    "alloc, kwargs, message",
+    [
+        (ALLOC, {"n": 0}, "at least 1"),
+        (ALLOC, {"n": -1}, "at least 1"),
+        (ALLOC, {"n": 9}, "need 9 CPUs, but this allocation has 8; use -n 8"),
+        (ALLOC, {"n": 3, "cpus_per_engine": 3}, "use -n 2 or fewer"),
+        (ALLOC, {"n": 1, "cpus_per_engine": -2}, "at least 1 CPU"),
+        (ALLOC, {"launcher": "slurm"}, "Unknown launcher 'slurm'"),
+        (None, {"launcher": "srun", "n": 2}, "needs a Slurm allocation"),
+        (None, {"launcher": "local", "n": 2, "cpus_per_engine": 2}, "srun launcher only"),
+        (None, {"launcher": "mpirun", "n": 2, "mpi": "pmix"}, "srun launcher only"),
+        (ALLOC, {"n": 2, "launcher_args": "'unclosed"}, "not valid shell syntax"),
+    ],
+)
+def test_bad_requests_raise_usage_errors(alloc, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        plan_engines(alloc, **kwargs)
+
+
+def test_magic_help_documents_every_option():
+    from ipcmagic.magics import IPClusterMagics
+
+    doc = IPClusterMagics.ipcluster.__doc__
+    for option in ["-n", "--launcher", "-c", "--mpi", "--timeout", "--launcher-args", "--version", "srun"]:
+        assert option in doc
+
+
+def test_entry_points_make_srun_a_cluster_engine_name():
+    import ipyparallel as ipp
+
+    cluster = ipp.Cluster(engines="srun", log_level=50)
+    assert cluster.engine_launcher_class is SrunEngineSetLauncher
+    assert ipp.Cluster(engines="mpirun").engine_launcher_class is MpirunEngineSetLauncher
