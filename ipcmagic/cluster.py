@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.getipython import get_ipython
 from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
@@ -207,9 +208,10 @@ class IPCluster(LoggingConfigurable):
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise ClusterError(self._start_failure(plan, e, output)) from None
-        view = self.client[:]
-        view.block = True
-        view.activate()
+        if get_ipython() is not None:  # %px, %%px, %autopx, %pxresult
+            view = self.client[:]
+            view.block = True
+            view.activate()
         return self.client
 
     def _controller_args(self) -> list[str]:
