@@ -158,3 +158,12 @@ def test_import_inside_ipython_registers_the_magic():
         [sys.executable, "-m", "IPython", "--quick", "-c", code], capture_output=True, text=True
     )
     assert out.returncode == 0 and f"ipcmagic {ipcmagic.__version__}" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("launcher", ["local", "srun"])
+def test_exiting_ipython_stops_the_cluster(nothing_left, in_allocation, launcher):
+    code = f"%load_ext ipcmagic\n%ipcluster start -n 2 --launcher {launcher}\nprint(ipcmagic_ok := 1)\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "IPython", "--quick", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "engines ready" in out.stdout, out.stdout + out.stderr
