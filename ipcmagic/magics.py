@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import time
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import __version__
 from .cluster import LAUNCHERS, IPCluster
 from .slurm import Allocation
+from .torchrun import Torchrun
 
 
 def _positive_seconds(text: str) -> int:
@@ -27,6 +30,7 @@ class IPClusterMagics(Magics):
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
         self.cluster = IPCluster(parent=self)
+        self.torchrun_defaults = Torchrun(parent=self)
 
     @magic_arguments()
     @argument("action", nargs="?", choices=("start", "stop", "status"), help="What to do.")
@@ -110,3 +114,54 @@ class IPClusterMagics(Magics):
         for row in self.cluster.engines():
             rank = "-" if row["rank"] is None else row["rank"]
             print(f"{row['id']:>6} {rank:>5}  {row['host']:<20} {row['pid']:>8}")
+
+    @magic_arguments()
+    @argument("-n", "--nproc-per-node", type=int, default=1, help="Processes (ranks) per node.")
+    @argument("--nnodes", type=int, default=1, help="Nodes of the allocation to use (srun only).")
+    @argument(
+        "--launcher",
+        choices=("auto", "standalone", "srun"),
+        help="standalone: python -m torch.distributed.run --standalone; srun: one srun --overlap "
+        "step with MASTER_ADDR/PORT, RANK, LOCAL_RANK, WORLD_SIZE; auto: srun in an allocation.",
+    )
+    @argument("--timeout", type=_positive_seconds, help="Stop every rank after this many seconds.")
+    @argument("--port", type=int, help="MASTER_PORT for srun (default: a free port).")
+    @argument("--environment", default="", help="srun --environment (container EDF file).")
+    @argument("--container-workdir", default="", help="srun --container-workdir.")
+    @argument("--python", help="Interpreter of the ranks (default: this kernel's; set it in containers).")
+    @argument("--srun-args", default="", help='Extra srun options, quoted: "--gpus-per-task=1".')
+    @argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="Line form: SCRIPT [ARGS...]; cell form: arguments for the cell (after --).",
+    )
+    @line_cell_magic
+    def torchrun(self, line: str = "", cell: str | None = None) -> None:
+        """Run a cell (``%%torchrun``) or a script (``%torchrun script.py``) on every rank of a
+        distributed PyTorch job; output streams live as ``[rank] line``. A failing rank fails the
+        cell, naming the rank; interrupting the kernel stops every rank.
+        """
+        args = parse_argstring(self.torchrun, line)
+        rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+        if cell is None and not rest:
+            raise UsageError(
+                "Name a script: %torchrun [options] script.py [args], or use %%torchrun in a cell."
+            )
+        try:
+            srun_args = shlex.split(args.srun_args)
+        except ValueError as e:
+            raise UsageError(f"--srun-args {args.srun_args!r} is not valid shell syntax: {e}.") from None
+        self.torchrun_defaults.run_script(
+            cell if cell is not None else rest[0],
+            rest if cell is not None else rest[1:],
+            is_file=cell is None,
+            nproc=args.nproc_per_node,
+            nnodes=args.nnodes,
+            launcher=args.launcher,
+            timeout=args.timeout,
+            port=args.port,
+            python=args.python,
+            srun_args=srun_args,
+            environment=args.environment,
+            container_workdir=args.container_workdir,
+        )

@@ -20,7 +20,9 @@ from IPython.core.interactiveshell import InteractiveShell
 CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parent.parent
 ALLOCATION_TASKS = 8
-OUR_PROCESS = re.compile(r"ipyparallel\.(engine|controller)|ipengine|ipcontroller|--job-name=ipcmagic-")
+OUR_PROCESS = re.compile(
+    r"ipyparallel\.(engine|controller)|ipengine|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"
+)
 
 
 def require(ok: bool, why: str) -> None:
@@ -145,3 +147,10 @@ def ip(nothing_left):
     shell.run_line_magic("load_ext", "ipcmagic")
     yield shell
     ipcmagic._magics.cluster.stop()
+
+
+@pytest.fixture
+def torch_installed() -> None:
+    import importlib.util
+
+    require(importlib.util.find_spec("torch") is not None, "torch not installed (pip install torch==2.13.0)")

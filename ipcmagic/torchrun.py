@@ -1,0 +1,289 @@
+"""``%%torchrun``: a cell run as a distributed PyTorch script, standalone or as one srun step.
+
+Pure plan builders (:func:`plan_standalone`, :func:`plan_srun`) give the argv and environment;
+:func:`run` runs a plan, streams each line prefixed by its rank, and stops every rank on
+interrupt, timeout or failure.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from IPython.core.error import UsageError
+from traitlets import CaselessStrEnum, Float, Unicode
+from traitlets.config import LoggingConfigurable
+
+from .slurm import Allocation
+
+#: variables a launcher sets per rank; inherited from the kernel they mislead torch and accelerate
+DISTRIBUTED_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+_TASK_ENV = (
+    "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
+    'LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE; exec "$@"'
+)
+_PREFIX = re.compile(r"^(?:\[default(\d+)\]:|\s*(\d+): )")
+_FAILED_RANK = re.compile(
+    r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)|task (\d+): Exited with exit code (\d+)"
+)
+
+
+class TorchrunError(RuntimeError):
+    """A rank failed, or the run was stopped; the message names the rank and exit code."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def clean_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without inherited per-rank variables (RANK, MASTER_ADDR, TORCHELASTIC_*, ...)."""
+    return {k: v for k, v in env.items() if k not in DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC_")}
+
+
+def pop_distributed_env() -> dict[str, str]:
+    """Remove per-rank variables from this kernel's ``os.environ`` and return what was removed.
+
+    For ``accelerate.notebook_launcher`` or ``transformers.Trainer`` in a container that sets
+    ``RANK``/``LOCAL_RANK`` for the kernel: call it once before them.
+    """
+    removed = {k: os.environ[k] for k in os.environ.keys() - clean_env(os.environ).keys()}
+    for name in removed:
+        del os.environ[name]
+    return removed
+
+
+def free_port() -> int:
+    """A TCP port that is free now on this host."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class TorchrunPlan:
+    """What will run: the argv and the complete environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+def plan_standalone(
+    python: str, nproc: int, script: str, args: list[str], log_dir: str, env: Mapping[str, str]
+) -> TorchrunPlan:
+    """``python -m torch.distributed.run --standalone`` on this node."""
+    argv = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--tee=3",
+        f"--log-dir={log_dir}",
+        script,
+        *args,
+    ]
+    return TorchrunPlan(argv, clean_env(env))
+
+
+def plan_srun(
+    python: str,
+    nproc: int,
+    nnodes: int,
+    script: str,
+    args: list[str],
+    allocation: Allocation,
+    port: int,
+    env: Mapping[str, str],
+    *,
+    name: str,
+    srun_args: list[str] = (),
+    environment: str = "",
+    container_workdir: str = "",
+) -> TorchrunPlan:
+    """One ``srun --overlap`` step on the allocation's first ``nnodes`` nodes, env:// for torch."""
+    nodes = allocation.nodes[:nnodes]
+    argv = [
+        "srun",
+        "--overlap",
+        "--label",
+        "--kill-on-bad-exit=1",
+        f"--job-name={name}",
+        f"--nodes={nnodes}",
+        f"--ntasks={nproc * nnodes}",
+        f"--ntasks-per-node={nproc}",
+        f"--nodelist={','.join(nodes)}",
+    ]
+    if environment:
+        argv.append(f"--environment={environment}")
+    if container_workdir:
+        argv.append(f"--container-workdir={container_workdir}")
+    argv += [*srun_args, "bash", "-c", _TASK_ENV, "torchrun-task", python, script, *args]
+    task_env = {**clean_env(env), "MASTER_ADDR": nodes[0], "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    return TorchrunPlan(argv, task_env)
+
+
+def _prefixed(line: str) -> str:
+    """``[default1]:x`` (torchrun) or ``1: x`` (srun --label) as ``[1] x``."""
+    match = _PREFIX.match(line)
+    if not match:
+        return line
+    return f"[{match[1] or match[2]}] {line[match.end() :]}"
+
+
+def _failure(output: str, returncode: int) -> str:
+    ranks = [(m[1] or m[3], m[2] or m[4]) for m in _FAILED_RANK.finditer(output)]
+    if ranks:
+        return "; ".join(f"rank {rank} exited with code {code}" for rank, code in ranks)
+    return f"the launcher exited with code {returncode}"
+
+
+def _stop(process: subprocess.Popen, grace: float) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL to the process group, each after ``grace`` seconds."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: float = 3.0) -> None:
+    """Run a plan in its own process group, streaming output live; raise TorchrunError on failure."""
+    process = subprocess.Popen(
+        plan.argv,
+        env=plan.env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(None)], daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout if timeout else None
+    output: list[str] = []
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                if deadline and time.monotonic() > deadline:
+                    raise TorchrunError(f"stopped after the --timeout of {timeout:g} s") from None
+                continue
+            if line is None:
+                break
+            output.append(line)
+            sys.stdout.write(_prefixed(line))
+            sys.stdout.flush()
+    finally:
+        if process.poll() is None:
+            _stop(process, grace)
+        process.wait()
+        reader.join()
+        process.stdout.close()
+    if process.returncode:
+        raise TorchrunError(_failure("".join(output), process.returncode))
+
+
+class Torchrun(LoggingConfigurable):
+    """Defaults of ``%%torchrun``, configurable in ``ipython_config.py`` (``c.Torchrun.launcher``)."""
+
+    launcher = CaselessStrEnum(
+        ("auto", "standalone", "srun"),
+        "auto",
+        config=True,
+        help="auto: srun inside a Slurm allocation, else standalone.",
+    )
+    python = Unicode(
+        sys.executable, config=True, help="Interpreter of the ranks; in a container, the one inside it."
+    )
+    grace = Float(3.0, config=True, help="Seconds between SIGINT, SIGTERM and SIGKILL when stopping.")
+
+    def run_script(
+        self,
+        code_or_path: str,
+        args: list[str],
+        *,
+        is_file: bool,
+        nproc: int = 1,
+        nnodes: int = 1,
+        launcher: str | None = None,
+        timeout: float | None = None,
+        port: int | None = None,
+        python: str | None = None,
+        srun_args: list[str] = (),
+        environment: str = "",
+        container_workdir: str = "",
+    ) -> None:
+        """Run a script file, or cell code written to a private temporary file, on every rank."""
+        allocation = Allocation.from_env()
+        launcher = launcher or self.launcher
+        if launcher == "auto":
+            launcher = "srun" if allocation else "standalone"
+        if launcher == "srun" and allocation is None:
+            raise UsageError("--launcher srun needs a Slurm allocation (SLURM_JOB_ID is not set).")
+        if launcher == "standalone" and (nnodes != 1 or environment or container_workdir or srun_args):
+            raise UsageError(
+                "--nnodes, --environment, --container-workdir and --srun-args need --launcher srun."
+            )
+        if nproc < 1 or nnodes < 1:
+            raise UsageError("-n and --nnodes must be at least 1.")
+        if launcher == "srun" and nnodes > len(allocation.nodes):
+            raise UsageError(
+                f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."
+            )
+        with tempfile.TemporaryDirectory(prefix="ipcmagic-torchrun-") as tmp:
+            script = code_or_path if is_file else _write_private(os.path.join(tmp, "cell.py"), code_or_path)
+            python = python or self.python
+            if launcher == "srun":
+                plan = plan_srun(
+                    python,
+                    nproc,
+                    nnodes,
+                    script,
+                    args,
+                    allocation,
+                    port or free_port(),
+                    os.environ,
+                    name=f"ipcmagic-torchrun-{os.getpid()}",
+                    srun_args=srun_args,
+                    environment=environment,
+                    container_workdir=container_workdir,
+                )
+            else:
+                plan = plan_standalone(python, nproc, script, args, os.path.join(tmp, "logs"), os.environ)
+            run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace)
+
+
+def _write_private(path: str, text: str) -> str:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+    return path

@@ -1,0 +1,145 @@
+"""%%torchrun: plans (pure), and real torch runs standalone and as srun steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+from ipcmagic.slurm import Allocation
+from ipcmagic.torchrun import (
+    TorchrunError,
+    _failure,
+    _prefixed,
+    plan_srun,
+    plan_standalone,
+    pop_distributed_env,
+)
+
+ALLREDUCE = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(t)
+print(f"rank {dist.get_rank()} of {dist.get_world_size()}: sum={t.item():g}", flush=True)
+dist.destroy_process_group()
+"""
+STALE = {"RANK": "5", "LOCAL_RANK": "5", "WORLD_SIZE": "9", "MASTER_PORT": "1", "TORCHELASTIC_RUN_ID": "x"}
+
+
+def test_standalone_plan_drops_stale_rank_variables():
+    plan = plan_standalone("/py", 4, "cell.py", ["--lr", "1"], "/tmp/x/logs", {**STALE, "HOME": "/h"})
+    assert plan.argv[:5] == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    assert plan.argv[-3:] == ["cell.py", "--lr", "1"]
+    assert plan.env == {"HOME": "/h"}
+
+
+def test_srun_plan():
+    alloc = Allocation(job_id="1", nodes=("n1", "n2", "n3"), cpus_per_node=(8, 8, 8))
+    plan = plan_srun(
+        "/c/python",
+        2,
+        2,
+        "cell.py",
+        ["a"],
+        alloc,
+        12345,
+        STALE,
+        name="job",
+        srun_args=["--gpus-per-task=1"],
+        environment="pt.toml",
+        container_workdir="/w",
+    )
+    argv = plan.argv
+    assert argv[:2] == ["srun", "--overlap"]
+    for option in [
+        "--nodes=2",
+        "--ntasks=4",
+        "--ntasks-per-node=2",
+        "--nodelist=n1,n2",
+        "--environment=pt.toml",
+        "--container-workdir=/w",
+        "--gpus-per-task=1",
+    ]:
+        assert option in argv
+    assert argv[-3:] == ["/c/python", "cell.py", "a"]
+    assert plan.env == {"MASTER_ADDR": "n1", "MASTER_PORT": "12345", "PYTHONUNBUFFERED": "1"}
+    assert "RANK=$SLURM_PROCID" in " ".join(argv)
+
+
+def test_output_prefix_and_failure_message():
+    assert _prefixed("[default3]:hello\n") == "[3] hello\n"
+    assert _prefixed("  1: hi\n") == "[1] hi\n"
+    assert _prefixed("plain\n") == "plain\n"
+    assert _failure("srun: error: vm: task 1: Exited with exit code 3\n", 3) == "rank 1 exited with code 3"
+    torchrun_report = "  rank      : 1 (local_rank: 1)\n  exitcode  : 7 (pid: 9)\n"
+    assert _failure(torchrun_report, 1) == "rank 1 exited with code 7"
+    assert _failure("", 2) == "the launcher exited with code 2"
+
+
+def test_pop_distributed_env(monkeypatch):
+    for name, value in STALE.items():
+        monkeypatch.setenv(name, value)
+    assert pop_distributed_env() == STALE
+    assert not STALE.keys() & os.environ.keys()
+
+
+def test_usage_errors(ip, outside_slurm):
+    with pytest.raises(UsageError, match="needs a Slurm allocation"):
+        ip.run_cell_magic("torchrun", "--launcher srun", "pass")
+    with pytest.raises(UsageError, match="need --launcher srun"):
+        ip.run_cell_magic("torchrun", "--nnodes 2", "pass")
+    with pytest.raises(UsageError, match="Name a script"):
+        ip.run_line_magic("torchrun", "-n 2")
+    with pytest.raises(UsageError, match="at least 1"):
+        ip.run_cell_magic("torchrun", "-n 0", "pass")
+
+
+def test_standalone_allreduce(ip, outside_slurm, torch_installed, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "7")  # a container's leftover must not reach the ranks
+    ip.run_cell_magic("torchrun", "-n 2", ALLREDUCE)
+    out = capsys.readouterr().out
+    assert "[0] rank 0 of 2: sum=3" in out and "[1] rank 1 of 2: sum=3" in out
+
+
+def test_srun_allreduce_in_allocation(ip, in_allocation, torch_installed, capsys):
+    ip.run_cell_magic("torchrun", "-n 2", ALLREDUCE)
+    out = capsys.readouterr().out
+    assert "[0] rank 0 of 2: sum=3" in out and "[1] rank 1 of 2: sum=3" in out
+
+
+@pytest.mark.parametrize("launcher", ["standalone", "srun"])
+def test_failing_rank_fails_the_cell(ip, in_allocation, torch_installed, launcher):
+    code = "import os, sys\nif os.environ['RANK'] == '1':\n    sys.exit(3)\n"
+    with pytest.raises(TorchrunError, match="rank 1 exited with code"):
+        ip.run_cell_magic("torchrun", f"-n 2 --launcher {launcher}", code)
+
+
+def test_cell_arguments_and_working_directory(
+    ip, outside_slurm, torch_installed, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell_magic("torchrun", "-n 1 -- --greeting hi", "import os, sys\nprint(sys.argv[1:], os.getcwd())")
+    assert f"[0] ['--greeting', 'hi'] {tmp_path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("launcher", ["standalone", "srun"])
+def test_timeout_stops_every_rank(ip, in_allocation, torch_installed, launcher):
+    tic = time.monotonic()
+    with pytest.raises(TorchrunError, match="--timeout of 2 s"):
+        ip.run_cell_magic(
+            "torchrun", f"-n 2 --timeout 2 --launcher {launcher}", "import time\ntime.sleep(300)"
+        )
+    assert time.monotonic() - tic < 30
+
+
+def test_interrupt_stops_every_rank(ip, outside_slurm, torch_installed):
+    timer = threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        ip.run_cell_magic("torchrun", "-n 2", "import time\ntime.sleep(300)")
+    timer.join()
