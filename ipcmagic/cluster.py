@@ -56,16 +56,19 @@ def launcher_class(name: str) -> type:
     return {"srun": SrunEngineSetLauncher, "mpirun": MpirunEngineSetLauncher}[name]
 
 
-def resolve_launcher(launcher: str, allocation: Allocation | None) -> str:
-    """The launcher that ``auto`` means here, or UsageError for an unknown or impossible one."""
-    if launcher not in LAUNCHERS:
-        raise UsageError(f"Unknown launcher {launcher!r}; use one of {', '.join(LAUNCHERS)}.")
+def resolve_launcher(
+    launcher: str, allocation: Allocation | None, choices: tuple[str, ...] = LAUNCHERS, outside: str = "local"
+) -> str:
+    """The launcher that ``auto`` means here (srun in an allocation, else ``outside``),
+    or UsageError for an unknown or impossible one."""
+    if launcher not in choices:
+        raise UsageError(f"Unknown launcher {launcher!r}; use one of {', '.join(choices)}.")
     if launcher == "auto":
-        return "srun" if allocation else "local"
+        return "srun" if allocation else outside
     if launcher == "srun" and allocation is None:
         raise UsageError(
             "The srun launcher needs a Slurm allocation, but SLURM_JOB_ID is not set; "
-            "run the notebook inside salloc/sbatch or use --launcher local."
+            f"run the notebook inside salloc/sbatch or use --launcher {outside}."
         )
     return launcher
 

@@ -13,6 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from . import __version__
 from .cluster import LAUNCHERS, IPCluster
 from .slurm import Allocation
+from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
 
 
@@ -120,7 +121,7 @@ class IPClusterMagics(Magics):
     @argument("--nnodes", type=int, default=1, help="Nodes of the allocation to use (srun only).")
     @argument(
         "--launcher",
-        choices=("auto", "standalone", "srun"),
+        choices=TORCHRUN_LAUNCHERS,
         help="standalone: python -m torch.distributed.run --standalone; srun: one srun --overlap "
         "step with MASTER_ADDR/PORT, RANK, LOCAL_RANK, WORLD_SIZE; auto: srun in an allocation.",
     )

@@ -24,7 +24,10 @@ from IPython.core.error import UsageError
 from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from .cluster import resolve_launcher
 from .slurm import Allocation
+
+LAUNCHERS = ("auto", "standalone", "srun")
 
 #: variables a launcher sets per rank; inherited from the kernel they mislead torch and accelerate
 DISTRIBUTED_ENV = (
@@ -217,7 +220,7 @@ class Torchrun(LoggingConfigurable):
     """Defaults of ``%%torchrun``, configurable in ``ipython_config.py`` (``c.Torchrun.launcher``)."""
 
     launcher = CaselessStrEnum(
-        ("auto", "standalone", "srun"),
+        LAUNCHERS,
         "auto",
         config=True,
         help="auto: srun inside a Slurm allocation, else standalone.",
@@ -245,11 +248,7 @@ class Torchrun(LoggingConfigurable):
     ) -> None:
         """Run a script file, or cell code written to a private temporary file, on every rank."""
         allocation = Allocation.from_env()
-        launcher = launcher or self.launcher
-        if launcher == "auto":
-            launcher = "srun" if allocation else "standalone"
-        if launcher == "srun" and allocation is None:
-            raise UsageError("--launcher srun needs a Slurm allocation (SLURM_JOB_ID is not set).")
+        launcher = resolve_launcher(launcher or self.launcher, allocation, LAUNCHERS, "standalone")
         if launcher == "standalone" and (nnodes != 1 or environment or container_workdir or srun_args):
             raise UsageError(
                 "--nnodes, --environment, --container-workdir and --srun-args need --launcher srun."
