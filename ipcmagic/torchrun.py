@@ -126,10 +126,12 @@ def plan_srun(
 ) -> TorchrunPlan:
     """One ``srun --overlap`` step on the allocation's first ``nnodes`` nodes, env:// for torch."""
     nodes = allocation.nodes[:nnodes]
+    # --quit-on-interrupt: one SIGINT reaches every rank (plain srun only prints a status), then the step ends
     argv = [
         "srun",
         "--overlap",
         "--label",
+        "--quit-on-interrupt",
         "--kill-on-bad-exit=1",
         f"--job-name={name}",
         f"--nodes={nnodes}",
@@ -175,8 +177,32 @@ def _stop(process: subprocess.Popen, grace: float) -> None:
             continue
 
 
+def _show(line: str, output: list[str]) -> None:
+    output.append(line)
+    sys.stdout.write(_prefixed(line))
+    sys.stdout.flush()
+
+
+def _stream(lines: queue.Queue, output: list[str], deadline: float | None, timeout: float | None) -> None:
+    """Show lines until the end of output; TorchrunError once ``deadline`` passes."""
+    while True:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            if deadline and time.monotonic() > deadline:
+                raise TorchrunError(f"stopped after the --timeout of {timeout:g} s") from None
+            continue
+        if line is None:
+            return
+        _show(line, output)
+
+
 def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: float = 3.0) -> None:
-    """Run a plan in its own process group, streaming output live; raise TorchrunError on failure."""
+    """Run a plan in its own process group, streaming output live; raise TorchrunError on failure.
+
+    On interrupt or timeout every rank is stopped (:func:`_stop`), and what the ranks print
+    while stopping is still shown.
+    """
     process = subprocess.Popen(
         plan.argv,
         env=plan.env,
@@ -191,24 +217,16 @@ def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: fl
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(None)], daemon=True)
     reader.start()
-    deadline = time.monotonic() + timeout if timeout else None
     output: list[str] = []
     try:
-        while True:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                if deadline and time.monotonic() > deadline:
-                    raise TorchrunError(f"stopped after the --timeout of {timeout:g} s") from None
-                continue
-            if line is None:
-                break
-            output.append(line)
-            sys.stdout.write(_prefixed(line))
-            sys.stdout.flush()
+        _stream(lines, output, time.monotonic() + timeout if timeout else None, timeout)
+    except BaseException:
+        _stop(process, grace)
+        reader.join()
+        while (line := lines.get()) is not None:
+            _show(line, output)
+        raise
     finally:
-        if process.poll() is None:
-            _stop(process, grace)
         process.wait()
         reader.join()
         process.stdout.close()

@@ -1,5 +1,7 @@
-"""Notebooks executed by nbval in a real kernel running as a job step in a Slurm allocation."""
+"""Example notebooks executed by nbval in a real kernel: as a job step in a Slurm allocation (the
+way JupyterHub runs kernels), and outside Slurm where that is meaningful."""
 
+import os
 import subprocess
 import sys
 
@@ -7,29 +9,21 @@ import pytest
 
 from tests.conftest import ROOT
 
+NBVAL = [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q"]
 
-@pytest.mark.parametrize("notebook", ["examples/quickstart.ipynb"])
-def test_notebook_as_a_job_step(slurm, nothing_left, notebook):
-    # what JupyterHub does: an allocation, and the kernel inside one of its job steps
-    cmd = [
-        "salloc",
-        "-Q",
-        "-n",
-        "5",
-        "-J",
-        "ipcmagic-nbval",
-        "srun",
-        "-n",
-        "1",
-        sys.executable,
-        "-m",
-        "pytest",
-        "--nbval-lax",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        notebook,
-    ]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+def run_nbval(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+@pytest.mark.parametrize("notebook", ["examples/quickstart.ipynb", "examples/torchrun.ipynb"])
+def test_notebook_as_a_job_step(slurm, nothing_left, notebook):
+    run_nbval(["salloc", "-Q", "-n", "5", "-J", "ipcmagic-nbval", "srun", "-n", "1", *NBVAL, notebook])
+
+
+@pytest.mark.parametrize("notebook", ["examples/torchrun.ipynb"])
+def test_notebook_outside_slurm(nothing_left, torch_installed, notebook):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    run_nbval([*NBVAL, notebook], env)

@@ -137,9 +137,63 @@ def test_timeout_stops_every_rank(ip, in_allocation, torch_installed, launcher):
     assert time.monotonic() - tic < 30
 
 
-def test_interrupt_stops_every_rank(ip, outside_slurm, torch_installed):
-    timer = threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT))
+INTERRUPTIBLE = """
+import os, time
+try:
+    print("sleeping", flush=True)
+    time.sleep(300)
+except KeyboardInterrupt:
+    print("rank", os.environ["RANK"], "interrupted", flush=True)
+    raise
+"""
+
+
+@pytest.mark.parametrize("launcher", ["standalone", "srun"])
+def test_interrupt_reaches_and_stops_every_rank(ip, in_allocation, torch_installed, capsys, launcher):
+    timer = threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT))  # the kernel's interrupt button
     timer.start()
+    tic = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        ip.run_cell_magic("torchrun", "-n 2", "import time\ntime.sleep(300)")
+        ip.run_cell_magic("torchrun", f"-n 2 --launcher {launcher}", INTERRUPTIBLE)
     timer.join()
+    assert time.monotonic() - tic < 30
+    out = capsys.readouterr().out
+    assert "[0] rank 0 interrupted" in out and "[1] rank 1 interrupted" in out
+
+
+def test_line_form_runs_a_script_file(ip, outside_slurm, torch_installed, capsys, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import os, sys\nprint('args', sys.argv[1:], 'world', os.environ['WORLD_SIZE'])\n")
+    ip.run_line_magic("torchrun", f"-n 2 {script} --epochs 3")
+    out = capsys.readouterr().out
+    assert "[0] args ['--epochs', '3'] world 2" in out and "[1] args" in out
+    assert script.exists(), "a user's script is never removed"
+
+
+def test_cell_file_is_private(ip, outside_slurm, torch_installed, capsys):
+    code = (
+        "import os, sys\n"
+        "mode = lambda path: oct(os.stat(path).st_mode & 0o777)\n"
+        "print(mode(sys.argv[0]), mode(os.path.dirname(sys.argv[0])))"
+    )
+    ip.run_cell_magic("torchrun", "-n 1", code)
+    assert "[0] 0o600 0o700" in capsys.readouterr().out
+
+
+def test_output_streams_while_the_ranks_run(ip, outside_slurm, torch_installed, monkeypatch):
+    writes: list[tuple[float, str]] = []
+
+    class Recorder:
+        def write(self, text: str) -> None:
+            writes.append((time.monotonic(), text))
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stdout", Recorder())
+    ip.run_cell_magic(
+        "torchrun", "-n 1", "import time\nprint('MARK-1', flush=True)\ntime.sleep(3)\nprint('MARK-2')"
+    )
+    early = next(t for t, text in writes if "MARK-1" in text)
+    late = next(t for t, text in writes if "MARK-2" in text)
+    assert late - early > 2, "the first line was shown before the rank finished"
