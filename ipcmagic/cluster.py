@@ -20,6 +20,7 @@ from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .slurm import Allocation
+from .watchdog import Watchdog
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
 
@@ -160,6 +161,7 @@ class IPCluster(LoggingConfigurable):
         super().__init__(**kwargs)
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
+        self.watchdog: Watchdog | None = None
         self.plan: EnginePlan | None = None
         self.started_at = 0.0
         atexit.register(self.shutdown)
@@ -184,6 +186,7 @@ class IPCluster(LoggingConfigurable):
                 f"A cluster with {self.plan.n} {self.plan.launcher} engines is already running; "
                 "stop it first with %ipcluster stop."
             )
+        allocation = Allocation.from_env()
         log = logging.getLogger("ipcmagic.ipyparallel")
         log.setLevel(logging.CRITICAL)  # failures are raised with the launcher's own output instead
         config = Config()
@@ -196,11 +199,14 @@ class IPCluster(LoggingConfigurable):
             n=plan.n,
             engines=plan.launcher_class,
             profile_dir=tempfile.mkdtemp(prefix="ipcmagic-"),
-            controller_ip=self._controller_ip(plan, Allocation.from_env()),
+            controller_ip=self._controller_ip(plan, allocation),
             controller_args=self._controller_args(),
             engine_timeout=timeout or self.timeout,
             delay=0,
             shutdown_atexit=False,
+        )
+        self.watchdog = Watchdog(
+            self.cluster.cluster_id, self.cluster.profile_dir, allocation.job_id if allocation else None
         )
         self.plan, self.started_at = plan, time.monotonic()
         try:
@@ -262,16 +268,17 @@ class IPCluster(LoggingConfigurable):
 
     def stop(self) -> None:
         """Stop engines and controller and remove the cluster's files; return when all are gone."""
-        cluster, client = self.cluster, self.client
+        cluster, client, watchdog = self.cluster, self.client, self.watchdog
         if cluster is None:
             return
-        self.cluster = self.client = None
+        self.cluster = self.client = self.watchdog = None
         if client is not None:
             client.close()
         try:
             cluster.stop_cluster_sync()
         finally:
             shutil.rmtree(cluster.profile_dir, ignore_errors=True)
+            watchdog.release()
 
     def shutdown(self) -> None:
         """Stop quietly at interpreter exit."""

@@ -47,7 +47,9 @@ def our_steps() -> list[str]:
     """Slurm job steps started by ipcmagic."""
     if not shutil.which("squeue"):
         return []
-    out = subprocess.run(["squeue", "--steps", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["squeue", "--steps", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30
+    ).stdout
     return [line for line in out.splitlines() if "ipcmagic-" in line]
 
 
@@ -59,8 +61,9 @@ def leftovers(timeout: float = 10.0) -> dict[str, list[str]]:
     """What is still there after a bounded wait for Slurm to finish tearing steps down."""
     deadline = time.monotonic() + timeout
     while True:
+        expired = time.monotonic() > deadline  # checked first, so the last look is never stale
         left = {"processes": our_processes(), "steps": our_steps(), "temp dirs": our_temp_dirs()}
-        if not any(left.values()) or time.monotonic() > deadline:
+        if not any(left.values()) or expired:
             return {k: v for k, v in left.items() if v}
         time.sleep(0.2)
 
