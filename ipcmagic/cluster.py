@@ -85,13 +85,13 @@ def plan_engines(
 ) -> EnginePlan:
     """Turn a user's request into an EnginePlan, or raise UsageError saying what to change."""
     launcher = resolve_launcher(launcher, allocation)
-    if launcher != "srun" and (cpus_per_engine or mpi):
+    if launcher != "srun" and (cpus_per_engine is not None or mpi):
         raise UsageError("-c/--cpus-per-engine and --mpi apply to the srun launcher only.")
     if n is None:
         n = allocation.tasks() if allocation and launcher == "srun" else os.cpu_count() or 1
     if n < 1:
         raise UsageError(f"-n must be at least 1 engine, not {n}.")
-    cpus = cpus_per_engine or 1
+    cpus = 1 if cpus_per_engine is None else cpus_per_engine
     if cpus < 1:
         raise UsageError(f"-c must be at least 1 CPU per engine, not {cpus}.")
     if launcher == "srun" and n * cpus > allocation.cpus:

@@ -24,6 +24,21 @@ def _positive_seconds(text: str) -> int:
     return seconds
 
 
+def _parse(magic, line: str):
+    """parse_argstring, with unbalanced quotes as a UsageError too."""
+    try:
+        return parse_argstring(magic, line)
+    except ValueError as e:
+        raise UsageError(f"Cannot parse {line!r}: {e}; check the quotes.") from None
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
 @magics_class
 class IPClusterMagics(Magics):
     """Magics that run an ipyparallel cluster in the Slurm allocation of this kernel."""
@@ -71,7 +86,7 @@ class IPClusterMagics(Magics):
         them, and ``ipcmagic.client()`` gives the ipyparallel Client. ``%ipcluster stop`` stops
         everything. Each kernel has its own cluster; it is stopped when the kernel exits.
         """
-        args = parse_argstring(self.ipcluster, line)
+        args = _parse(self.ipcluster, line)
         if args.version:
             print(f"ipcmagic {__version__}")
             return
@@ -126,7 +141,7 @@ class IPClusterMagics(Magics):
         "step with MASTER_ADDR/PORT, RANK, LOCAL_RANK, WORLD_SIZE; auto: srun in an allocation.",
     )
     @argument("--timeout", type=_positive_seconds, help="Stop every rank after this many seconds.")
-    @argument("--port", type=int, help="MASTER_PORT for srun (default: a free port).")
+    @argument("--port", type=_port, help="MASTER_PORT for srun (default: a free port).")
     @argument("--environment", default="", help="srun --environment (container EDF file).")
     @argument("--container-workdir", default="", help="srun --container-workdir.")
     @argument("--python", help="Interpreter of the ranks (default: this kernel's; set it in containers).")
@@ -142,7 +157,7 @@ class IPClusterMagics(Magics):
         distributed PyTorch job; output streams live as ``[rank] line``. A failing rank fails the
         cell, naming the rank; interrupting the kernel stops every rank.
         """
-        args = parse_argstring(self.torchrun, line)
+        args = _parse(self.torchrun, line)
         rest = args.args[1:] if args.args[:1] == ["--"] else args.args
         if cell is None and not rest:
             raise UsageError(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import signal
+import stat
+import time
+from pathlib import Path
 
 import pytest
 from jupyter_client.manager import start_new_kernel
 
+import ipcmagic
+from ipcmagic.cluster import ClusterError
 from tests.conftest import our_processes
 
 LAUNCHERS = {  # launcher -> (where the kernel runs, extra start options)
@@ -49,3 +56,76 @@ def test_sigkilled_kernel_leaves_nothing(kernel_with_cluster):
 @pytest.mark.parametrize("kernel_with_cluster", ["srun"], indirect=True)
 def test_kernel_shutdown_leaves_nothing(kernel_with_cluster):
     kernel_with_cluster.shutdown_kernel(now=False)
+
+
+@pytest.mark.parametrize("place", ["outside_slurm", "in_allocation"])
+def test_output_flood_blocks_nothing(ip, request, place):
+    """10 MB written to an engine's OS-level stdout and stderr (the predecessor deadlocks at 32 kB)."""
+    request.getfixturevalue(place)
+    ip.run_line_magic("ipcluster", "start -n 2")
+    tic = time.monotonic()
+    ip.run_cell_magic(
+        "px", "--no-stream", "import os\nfor fd in (1, 2):\n    os.write(fd, b'x' * 10_000_000)\n"
+    )
+    ip.run_cell_magic("px", "", "alive = 1")
+    assert ipcmagic.client()[:]["alive"] == [1, 1]
+    ip.run_line_magic("ipcluster", "stop")
+    assert time.monotonic() - tic < 60
+
+
+def test_mpirun_without_enough_slots_fails_at_once(ip, outside_slurm, mpirun):
+    tic = time.monotonic()
+    with pytest.raises(ClusterError, match="(?s)mpirun launcher exited.*slots"):
+        ip.run_line_magic("ipcluster", f"start -n {os.cpu_count() + 1} --launcher mpirun")
+    assert time.monotonic() - tic < 5
+
+
+def test_connection_files_are_private_and_signed(ip, outside_slurm):
+    import ipyparallel as ipp
+
+    ip.run_line_magic("ipcluster", "start -n 1")
+    rc = ipcmagic.client()
+    security = Path(rc.cluster.profile_dir) / "security"
+    assert stat.S_IMODE(Path(rc.cluster.profile_dir).stat().st_mode) == 0o700
+    files = list(security.glob("ipcontroller-*.json"))
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    info = json.loads((security / f"ipcontroller-{rc.cluster.cluster_id}-client.json").read_text())
+    assert info["interface"] == "tcp://127.0.0.1", "one node: the controller listens on loopback only"
+    assert len(info["key"]) >= 32 and info["signature_scheme"].startswith("hmac-")
+    genuine = ipp.Client(str(security / f"ipcontroller-{rc.cluster.cluster_id}-client.json"), timeout=10)
+    assert genuine.ids == [0]  # the same file with the right key connects
+    genuine.close()
+    forged = security / "forged.json"
+    forged.write_text(json.dumps({**info, "key": "0" * len(info["key"])}))
+    with pytest.raises(ipp.TimeoutError):  # unsigned requests are dropped: no connection, no code run
+        ipp.Client(str(forged), timeout=3)
+    assert rc[:].apply_sync(lambda: 1) == [1]
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_two_kernels_starting_together_are_isolated(nothing_left, outside_slurm):
+    kernels = [start_new_kernel(kernel_name="python3") for _ in range(2)]
+    try:
+        for _, kc in kernels:  # both start at once
+            kc.execute(
+                "%load_ext ipcmagic\n%ipcluster start -n 2\nimport ipcmagic\n%px import os; pid = os.getpid()"
+            )
+        pids = []
+        for _, kc in kernels:
+            reply = kc.execute_interactive("rc = ipcmagic.client(); assert rc.ids == [0, 1]", timeout=120)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            pids.append(user_expression(kc, "sorted(rc[:]['pid'])"))
+        assert not set(pids[0]) & set(pids[1]), "each kernel sees only its own engines"
+        first, second = (kc for _, kc in kernels)
+        assert first.execute_interactive("%ipcluster stop", timeout=60)["content"]["status"] == "ok"
+        assert user_expression(second, "rc[:].apply_sync(lambda: 1)") == [1, 1]
+        assert second.execute_interactive("%ipcluster stop", timeout=60)["content"]["status"] == "ok"
+    finally:
+        for km, kc in kernels:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+
+
+def user_expression(kc, expression: str):
+    reply = kc.execute_interactive("", user_expressions={"x": expression}, timeout=60)
+    return ast.literal_eval(reply["content"]["user_expressions"]["x"]["data"]["text/plain"])
