@@ -192,7 +192,8 @@ class IPCluster(LoggingConfigurable):
         config = Config()
         config.merge(self.config)
         # the plan's launcher options override the user's config for this start only
-        config.merge(Config({plan.launcher_class.__name__: plan.traits}))
+        traits = {**plan.traits, "engine_args": [*plan.traits.get("engine_args", []), *self._engine_args()]}
+        config.merge(Config({plan.launcher_class.__name__: traits}))
         self.cluster = ipp.Cluster(
             config=config,
             log=log,
@@ -223,9 +224,16 @@ class IPCluster(LoggingConfigurable):
             view.activate()
         return self.client
 
+    def _engine_args(self) -> list[str]:
+        # engines check the controller's pings every period + 500 ms; without them they exit
+        misses = max(1, round(self.heartbeat_tolerance * 1000 / (self.heartbeat_ms + 500)))
+        return [f"--IPEngine.max_heartbeat_misses={misses}"]
+
     def _controller_args(self) -> list[str]:
         misses = max(1, round(self.heartbeat_tolerance * 1000 / self.heartbeat_ms))
         return [
+            # schedulers as threads: one process, so a dead controller takes its heartbeats along
+            "--IPController.use_threads=True",
             f"--HeartMonitor.period={self.heartbeat_ms}",
             f"--HeartMonitor.max_heartmonitor_misses={misses}",
         ]
@@ -277,8 +285,7 @@ class IPCluster(LoggingConfigurable):
         try:
             cluster.stop_cluster_sync()
         finally:
-            shutil.rmtree(cluster.profile_dir, ignore_errors=True)
-            watchdog.release()
+            watchdog.release()  # and whatever ipyparallel's stop missed, with the cluster's files
 
     def shutdown(self) -> None:
         """Stop quietly at interpreter exit."""
@@ -287,11 +294,48 @@ class IPCluster(LoggingConfigurable):
         except Exception as e:  # exit must go on; say what was left
             print(f"ipcmagic: stopping the cluster at exit failed: {e}", file=sys.stderr)
 
-    def engines(self) -> list[dict[str, Any]]:
-        """One row per engine: id, MPI rank, host and pid."""
+    def restart(self, timeout: int | None = None) -> None:
+        """Start the engines anew (controller and client stay); return when all are registered."""
+        if not self.running:
+            raise UsageError("No cluster is running; start one with %ipcluster start.")
+        if not self.controller_alive():
+            raise UsageError("The controller has died; run %ipcluster stop, then %ipcluster start.")
+        timeout = timeout or self.timeout
+        self.cluster.stop_engines_sync()
+        deadline = time.monotonic() + timeout
+        while self.client.ids:  # the controller unregisters the stopped engines
+            if time.monotonic() > deadline:
+                raise ClusterError("The stopped engines did not unregister; run %ipcluster stop.")
+            time.sleep(0.05)
+        self.cluster.start_engines_sync(self.plan.n)
+        self.client.wait_for_engines(self.plan.n, timeout=timeout)
+        self.started_at = time.monotonic()
+
+    def controller_alive(self) -> bool:
+        import psutil
+
+        try:
+            return self.cluster.controller.process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def engines(self, timeout: float = 3.0) -> list[dict[str, Any]]:
+        """One row per engine the cluster should have: id, state (alive, busy: running something
+        that did not let it answer within ``timeout``, gone), MPI rank, host and pid."""
         if self.client is None:
             return []
-        ids = self.client.ids
-        infos = self.client[ids].apply_async(_engine_info).get(timeout=10) if ids else []
-        rows = zip(ids, infos, strict=True)
-        return [{"id": i, "rank": rank, "host": host, "pid": pid} for i, (rank, host, pid) in rows]
+        asked = {i: self.client[i].apply_async(_engine_info) for i in self.client.ids}
+        deadline = time.monotonic() + timeout
+        for reply in asked.values():
+            reply.wait(max(0.0, deadline - time.monotonic()))
+        rows = {i: _row(i, "busy") for i in asked}
+        for i, reply in asked.items():
+            if reply.ready() and reply.successful():
+                rows[i] = _row(i, "alive", *reply.get())
+        missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
+        rows.update({i: _row(i, "gone") for i in missing})
+        return [rows[i] for i in sorted(rows)]
+
+
+def _row(engine_id: int, state: str, rank: int | None = None, host: str = "", pid: int | str = "") -> dict:
+    return {"id": engine_id, "state": state, "rank": rank, "host": host, "pid": pid}

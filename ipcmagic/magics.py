@@ -49,7 +49,7 @@ class IPClusterMagics(Magics):
         self.torchrun_defaults = Torchrun(parent=self)
 
     @magic_arguments()
-    @argument("action", nargs="?", choices=("start", "stop", "status"), help="What to do.")
+    @argument("action", nargs="?", choices=("start", "stop", "status", "restart"), help="What to do.")
     @argument(
         "-n",
         "--engines",
@@ -83,15 +83,17 @@ class IPClusterMagics(Magics):
         ``%ipcluster start -n 4`` starts a controller and 4 engines: an ``srun --overlap`` job step
         inside the current Slurm allocation (engine id == MPI rank), ``mpirun``, or local processes.
         It returns once all engines are registered; then ``%px``, ``%%px`` and ``%autopx`` run on
-        them, and ``ipcmagic.client()`` gives the ipyparallel Client. ``%ipcluster stop`` stops
-        everything. Each kernel has its own cluster; it is stopped when the kernel exits.
+        them, and ``ipcmagic.client()`` gives the ipyparallel Client. ``%ipcluster status`` shows
+        each engine (alive or gone, MPI rank, host, pid), ``%ipcluster restart`` starts the engines
+        anew, ``%ipcluster stop`` stops everything. Each kernel has its own cluster; it is stopped
+        when the kernel exits, and by a watchdog when the kernel is killed.
         """
         args = _parse(self.ipcluster, line)
         if args.version:
             print(f"ipcmagic {__version__}")
             return
         if args.action is None:
-            raise UsageError("Say what to do: %ipcluster start|stop|status (see %ipcluster?).")
+            raise UsageError("Say what to do: %ipcluster start|stop|status|restart (see %ipcluster?).")
         getattr(self, f"_{args.action}")(args)
 
     def _start(self, args) -> None:
@@ -117,6 +119,11 @@ class IPClusterMagics(Magics):
         self.cluster.stop()
         print("Cluster stopped.")
 
+    def _restart(self, args) -> None:
+        tic = time.perf_counter()
+        self.cluster.restart(timeout=args.timeout)
+        print(f"{self.cluster.plan.n} engines restarted in {time.perf_counter() - tic:.1f} s.")
+
     def _status(self, args) -> None:
         if not self.cluster.running:
             print("No cluster is running.")
@@ -126,10 +133,17 @@ class IPClusterMagics(Magics):
             f"cluster {cluster.cluster_id}: {plan.launcher}, {plan.n} engines, "
             f"up {time.monotonic() - self.cluster.started_at:.0f} s"
         )
-        print(f"{'engine':>6} {'rank':>5}  {'host':<20} {'pid':>8}")
-        for row in self.cluster.engines():
+        if not self.cluster.controller_alive():
+            print("The controller has died; run %ipcluster stop, then %ipcluster start.")
+            return
+        rows = self.cluster.engines()
+        print(f"{'engine':>6} {'state':<6} {'rank':>5}  {'host':<20} {'pid':>8}")
+        for row in rows:
             rank = "-" if row["rank"] is None else row["rank"]
-            print(f"{row['id']:>6} {rank:>5}  {row['host']:<20} {row['pid']:>8}")
+            print(f"{row['id']:>6} {row['state']:<6} {rank:>5}  {row['host']:<20} {row['pid']:>8}")
+        gone = [row["id"] for row in rows if row["state"] == "gone"]
+        if gone:
+            print(f"{len(gone)} engine(s) are gone; %ipcluster restart starts all {plan.n} anew.")
 
     @magic_arguments()
     @argument("-n", "--nproc-per-node", type=int, default=1, help="Processes (ranks) per node.")

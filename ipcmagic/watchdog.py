@@ -11,12 +11,15 @@ for any reason, the pipe reaches end-of-file and the watchdog:
 2. sends SIGKILL to what is left after a grace period, and removes the cluster's directory.
 
 A clean stop writes ``stop`` to the pipe first; the watchdog then exits doing nothing.
+While it waits, it also ends the helper processes of a controller that died (they would keep
+answering the engines' heartbeat checks), so that the engines exit by themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -29,6 +32,7 @@ class Watchdog:
     """The kernel's side: start the watchdog, and tell it when the cluster was stopped cleanly."""
 
     def __init__(self, cluster_id: str, directory: str, job_id: str | None) -> None:
+        self.cluster = (cluster_id, directory, job_id)
         read_end, self._write_end = os.pipe()  # not inherited by anything else the kernel starts
         argv = [sys.executable, "-m", "ipcmagic.watchdog", cluster_id, directory]
         self.process = subprocess.Popen(
@@ -40,7 +44,8 @@ class Watchdog:
         os.close(read_end)
 
     def release(self) -> None:
-        """The cluster is stopped: let the watchdog exit without doing anything."""
+        """After a stop: remove whatever is left of the cluster, then let the watchdog exit."""
+        clean_up(*self.cluster, grace=1.0)
         os.write(self._write_end, b"stop\n")
         os.close(self._write_end)
         self.process.wait()
@@ -94,6 +99,23 @@ def clean_up(cluster_id: str, directory: str, job_id: str | None, grace: float =
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def _reap_orphaned_controller(cluster_id: str, kernel: int) -> None:
+    """If the controller died, end the helper processes it leaves, so engines stop getting pings."""
+    controller = [
+        pid for pid in _cluster_pids(cluster_id) if b"ipyparallel.controller" in _read(pid, "cmdline")
+    ]
+    parents = {pid: int(_read(pid, "stat").rsplit(b")", 1)[-1].split()[1] or 0) for pid in controller}
+    if any(parent not in (kernel, *controller) for parent in parents.values()):
+        _signal_all(controller, signal.SIGKILL)
+
+
+def _read(pid: int, name: str) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / name).read_bytes()
+    except OSError:
+        return b""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cluster_id")
@@ -101,8 +123,14 @@ def main() -> None:
     parser.add_argument("job_id", nargs="?")
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.stdin.buffer.read() != b"stop\n":  # end-of-file without "stop": the kernel died
-        clean_up(args.cluster_id, args.directory, args.job_id)
+    kernel = os.getppid()
+    while True:
+        if not select.select([sys.stdin], [], [], 1.0)[0]:
+            _reap_orphaned_controller(args.cluster_id, kernel)
+            continue
+        if os.read(sys.stdin.fileno(), 16) != b"stop\n":  # end-of-file: the kernel died
+            clean_up(args.cluster_id, args.directory, args.job_id)
+        return
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def test_srun_engines_are_ranks_of_one_step(ip, in_allocation, capsys):
     ip.run_line_magic("ipcluster", "status")
     status = capsys.readouterr().out
     assert f"cluster {cluster_id}: srun, 4 engines" in status
-    assert [line.split()[:2] for line in status.splitlines()[2:]] == [[str(i), str(i)] for i in range(4)]
+    assert [line.split()[:3] for line in status.splitlines()[2:]] == [
+        [str(i), "alive", str(i)] for i in range(4)
+    ]
     ip.run_line_magic("ipcluster", "stop")
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from IPython.core.error import UsageError
 from jupyter_client.manager import start_new_kernel
 
 import ipcmagic
@@ -129,3 +132,57 @@ def test_two_kernels_starting_together_are_isolated(nothing_left, outside_slurm)
 def user_expression(kc, expression: str):
     reply = kc.execute_interactive("", user_expressions={"x": expression}, timeout=60)
     return ast.literal_eval(reply["content"]["user_expressions"]["x"]["data"]["text/plain"])
+
+
+def test_engine_death_then_restart(ip, in_allocation, capsys):
+    ip.run_line_magic("ipcluster", "start -n 3")
+    rc = ipcmagic.client()
+    victim = rc[1].apply_sync(os.getpid)
+    timer = threading.Timer(2, os.kill, (victim, signal.SIGKILL))
+    timer.start()
+    with pytest.raises(Exception):  # noqa: B017 - ipyparallel reports it per engine
+        ip.run_cell_magic(
+            "px", "", "import time\nfrom mpi4py import MPI\ntime.sleep(5)\nMPI.COMM_WORLD.Barrier()"
+        )
+    timer.join()
+    capsys.readouterr()
+    ip.run_line_magic("ipcluster", "status")
+    status = capsys.readouterr().out
+    assert re.search(r"^\s+1 gone", status, re.M) and "%ipcluster restart" in status, status
+    ip.run_line_magic("ipcluster", "restart")
+    assert rc.ids == [0, 1, 2]
+    assert rc[:].apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_rank()) == [0, 1, 2]
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_controller_death(ip, in_allocation, capsys):
+    ip.run_line_magic("ipcluster", "start -n 2")
+    cluster = ipcmagic.client().cluster
+    os.kill(cluster.controller.process.pid, signal.SIGKILL)
+    capsys.readouterr()
+    ip.run_line_magic("ipcluster", "status")
+    assert "The controller has died" in capsys.readouterr().out
+    deadline = time.monotonic() + 30  # engines miss the controller's pings for 10 s and exit
+    while any("ipyparallel.engine" in p for p in our_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any("ipyparallel.engine" in p for p in our_processes())
+    with pytest.raises(UsageError, match="controller has died"):
+        ip.run_line_magic("ipcluster", "restart")
+    ip.run_line_magic("ipcluster", "stop")
+    ip.run_line_magic("ipcluster", "start -n 2")
+    assert ipcmagic.client().ids == [0, 1]
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_restart_without_cluster(ip):
+    with pytest.raises(UsageError, match="No cluster is running"):
+        ip.run_line_magic("ipcluster", "restart")
+
+
+def test_soak_short(nothing_left, in_allocation):
+    """The CI-sized soak; the full one is benchmarks/soak.py (20 cycles of 16 engines)."""
+    from benchmarks.soak import soak
+
+    first, last, _ = soak(cycles=4, n=4, launcher="srun")
+    assert last["children"] == 0 and last["temp dirs"] == 0
+    assert last["fds"] <= first["fds"] and last["threads"] <= first["threads"], (first, last)
