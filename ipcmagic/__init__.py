@@ -21,12 +21,15 @@ def load_ipython_extension(ipython: Any) -> None:
 
         _magics = IPClusterMagics(shell=ipython)
     ipython.register_magics(_magics)
+    if _magics.report_lost_engines not in ipython.events.callbacks["post_run_cell"]:
+        ipython.events.register("post_run_cell", _magics.report_lost_engines)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop this kernel's cluster (``%unload_ext ipcmagic``)."""
     if _magics is not None:
         _magics.cluster.stop()
+        ipython.events.unregister("post_run_cell", _magics.report_lost_engines)
 
 
 def client() -> Any:

@@ -162,6 +162,7 @@ class IPCluster(LoggingConfigurable):
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
         self.watchdog: Watchdog | None = None
+        self.roster: dict[int, dict[str, Any]] = {}  # engines as started: id -> row of engines()
         self.plan: EnginePlan | None = None
         self.started_at = 0.0
         atexit.register(self.shutdown)
@@ -222,6 +223,7 @@ class IPCluster(LoggingConfigurable):
             view = self.client[:]
             view.block = True
             view.activate()
+        self.roster = {row["id"]: row for row in self.engines()}
         return self.client
 
     def _engine_args(self) -> list[str]:
@@ -310,6 +312,14 @@ class IPCluster(LoggingConfigurable):
         self.cluster.start_engines_sync(self.plan.n)
         self.client.wait_for_engines(self.plan.n, timeout=timeout)
         self.started_at = time.monotonic()
+        self.roster = {row["id"]: row for row in self.engines()}
+
+    def lost_engines(self) -> list[dict[str, Any]]:
+        """The engines of the last start or restart that are no longer registered."""
+        if self.client is None:
+            return []
+        alive = set(self.client.ids)
+        return [row for i, row in self.roster.items() if i not in alive]
 
     def controller_alive(self) -> bool:
         import psutil

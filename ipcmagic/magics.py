@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 
 from IPython.core.error import UsageError
@@ -47,6 +48,21 @@ class IPClusterMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.cluster = IPCluster(parent=self)
         self.torchrun_defaults = Torchrun(parent=self)
+
+    def report_lost_engines(self, result) -> None:
+        """After a failed cell, say which engines died (ipyparallel only says "N errors")."""
+        if result.error_in_exec is None or not self.cluster.running:
+            return
+        lost = self.cluster.lost_engines()
+        if lost:
+            names = ", ".join(
+                f"engine {e['id']} (MPI rank {e['rank']}, pid {e['pid']} on {e['host']})" for e in lost
+            )
+            print(
+                f"ipcmagic: {names} died. %ipcluster status shows the cluster; "
+                "%ipcluster restart starts all engines anew.",
+                file=sys.stderr,
+            )
 
     @magic_arguments()
     @argument("action", nargs="?", choices=("start", "stop", "status", "restart"), help="What to do.")

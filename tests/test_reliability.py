@@ -140,12 +140,10 @@ def test_engine_death_then_restart(ip, in_allocation, capsys):
     victim = rc[1].apply_sync(os.getpid)
     timer = threading.Timer(2, os.kill, (victim, signal.SIGKILL))
     timer.start()
-    with pytest.raises(Exception):  # noqa: B017 - ipyparallel reports it per engine
-        ip.run_cell_magic(
-            "px", "", "import time\nfrom mpi4py import MPI\ntime.sleep(5)\nMPI.COMM_WORLD.Barrier()"
-        )
+    result = ip.run_cell("%%px\nimport time\nfrom mpi4py import MPI\ntime.sleep(5)\nMPI.COMM_WORLD.Barrier()")
     timer.join()
-    capsys.readouterr()
+    assert result.error_in_exec is not None, "the cell fails"
+    assert f"engine 1 (MPI rank 1, pid {victim} on " in capsys.readouterr().err, "and says which engine died"
     ip.run_line_magic("ipcluster", "status")
     status = capsys.readouterr().out
     assert re.search(r"^\s+1 gone", status, re.M) and "%ipcluster restart" in status, status
