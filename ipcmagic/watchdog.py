@@ -104,9 +104,15 @@ def _reap_orphaned_controller(cluster_id: str, kernel: int) -> None:
     controller = [
         pid for pid in _cluster_pids(cluster_id) if b"ipyparallel.controller" in _read(pid, "cmdline")
     ]
-    parents = {pid: int(_read(pid, "stat").rsplit(b")", 1)[-1].split()[1] or 0) for pid in controller}
-    if any(parent not in (kernel, *controller) for parent in parents.values()):
+    parents = [_parent(pid) for pid in controller]
+    if any(parent not in (None, kernel, *controller) for parent in parents):
         _signal_all(controller, signal.SIGKILL)
+
+
+def _parent(pid: int) -> int | None:
+    """The parent pid, or None if the process is gone."""
+    fields = _read(pid, "stat").rsplit(b")", 1)[-1].split()  # after "(comm)": state, ppid, ...
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def _read(pid: int, name: str) -> bytes:
