@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import os
 import shlex
@@ -115,16 +116,46 @@ def plan_engines(
     return EnginePlan(launcher, n, traits)
 
 
-def _engine_info() -> tuple[int | None, str, int]:
-    """Runs on an engine: (MPI rank or None, host, pid)."""
+def address_towards(hosts: list[str]) -> str:
+    """This host's IPv4 address on the interface that routes to ``hosts`` (no packet is sent)."""
+    for host in hosts:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((socket.gethostbyname(host), 9))  # UDP connect: only picks the route
+                return probe.getsockname()[0]
+        except OSError:
+            continue
+    raise ClusterError(
+        f"Cannot find this host's address towards the allocation's other nodes ({', '.join(hosts)}); "
+        "set it with c.IPCluster.controller_ip in ipython_config.py."
+    )
+
+
+def _engine_info() -> tuple[int | None, int | None, str, int]:
+    """Runs on an engine: (MPI rank, MPI world size; both None without MPI), host, pid."""
     import os
     import socket
     import sys
 
-    rank = None
+    rank = size = None
     if "mpi4py.MPI" in sys.modules:
-        rank = sys.modules["mpi4py.MPI"].COMM_WORLD.Get_rank()
-    return rank, socket.gethostname(), os.getpid()
+        world = sys.modules["mpi4py.MPI"].COMM_WORLD
+        rank, size = world.Get_rank(), world.Get_size()
+    return rank, size, socket.gethostname(), os.getpid()
+
+
+def split_worlds(rows: list[dict[str, Any]], n: int) -> str | None:
+    """Why the engines in ``rows`` are not MPI ranks 0..n-1 of one world, or None when they are
+    (or do not use MPI)."""
+    sizes = sorted({row["size"] for row in rows if row["size"] is not None})
+    if not sizes or sizes == [n]:
+        return None
+    return (
+        f"The {n} engines are not one MPI world: they see COMM_WORLD sizes {sizes}, not {n}. "
+        "The MPI library does not match the launcher's process manager; with srun pick the "
+        "plugin your MPI needs (--mpi pmix for Open MPI, --mpi pmi2 for MPICH; srun --mpi=list "
+        "shows them), or use --launcher mpirun."
+    )
 
 
 class IPCluster(LoggingConfigurable):
@@ -154,7 +185,7 @@ class IPCluster(LoggingConfigurable):
         "",
         config=True,
         help="Address the controller listens on; empty: loopback when all engines run on this "
-        "host, else all interfaces.",
+        "host, else this host's address towards the allocation's other nodes.",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -175,8 +206,10 @@ class IPCluster(LoggingConfigurable):
         if self.controller_ip:
             return self.controller_ip
         here = {socket.gethostname(), socket.gethostname().split(".")[0]}
-        remote = plan.launcher == "srun" and allocation and not set(allocation.nodes) <= here
-        return "*" if remote else "127.0.0.1"
+        remote = [node for node in allocation.nodes if node not in here] if allocation else []
+        if plan.launcher != "srun" or not remote:
+            return "127.0.0.1"
+        return address_towards(remote)
 
     def start(self, plan: EnginePlan, timeout: int | None = None) -> Any:
         """Start a controller and the planned engines; return the connected Client."""
@@ -190,9 +223,9 @@ class IPCluster(LoggingConfigurable):
         allocation = Allocation.from_env()
         log = logging.getLogger("ipcmagic.ipyparallel")
         log.setLevel(logging.CRITICAL)  # failures are raised with the launcher's own output instead
-        config = Config()
-        config.merge(self.config)
-        # the plan's launcher options override the user's config for this start only
+        # the plan's launcher options override the user's config for this start only: a deep copy,
+        # because Config.merge shares sections it copies and later merges would change the user's
+        config = copy.deepcopy(self.config)
         traits = {**plan.traits, "engine_args": [*plan.traits.get("engine_args", []), *self._engine_args()]}
         config.merge(Config({plan.launcher_class.__name__: traits}))
         self.cluster = ipp.Cluster(
@@ -223,7 +256,7 @@ class IPCluster(LoggingConfigurable):
             view = self.client[:]
             view.block = True
             view.activate()
-        self.roster = {row["id"]: row for row in self.engines()}
+        self._take_roster()
         return self.client
 
     def _engine_args(self) -> list[str]:
@@ -312,7 +345,15 @@ class IPCluster(LoggingConfigurable):
         self.cluster.start_engines_sync(self.plan.n)
         self.client.wait_for_engines(self.plan.n, timeout=timeout)
         self.started_at = time.monotonic()
+        self._take_roster()
+
+    def _take_roster(self) -> None:
+        """Record the engines as started; stop and raise if they are not one MPI world."""
         self.roster = {row["id"]: row for row in self.engines()}
+        problem = split_worlds(list(self.roster.values()), self.plan.n)
+        if problem:
+            self.stop()
+            raise ClusterError(problem)
 
     def lost_engines(self) -> list[dict[str, Any]]:
         """The engines of the last start or restart that are no longer registered."""
@@ -347,5 +388,12 @@ class IPCluster(LoggingConfigurable):
         return [rows[i] for i in sorted(rows)]
 
 
-def _row(engine_id: int, state: str, rank: int | None = None, host: str = "", pid: int | str = "") -> dict:
-    return {"id": engine_id, "state": state, "rank": rank, "host": host, "pid": pid}
+def _row(
+    engine_id: int,
+    state: str,
+    rank: int | None = None,
+    size: int | None = None,
+    host: str = "",
+    pid: int | str = "",
+) -> dict:
+    return {"id": engine_id, "state": state, "rank": rank, "size": size, "host": host, "pid": pid}

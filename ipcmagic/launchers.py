@@ -9,8 +9,20 @@ from __future__ import annotations
 from ipyparallel.cluster.launcher import MPIEngineSetLauncher
 from traitlets import Bool, Integer, List, Unicode
 
+from .slurm import BLOCK
 
-class SrunEngineSetLauncher(MPIEngineSetLauncher):
+
+class AnyNodeEngineSetLauncher(MPIEngineSetLauncher):
+    """Engines that may start on other nodes, where the kernel's private cluster directory (in
+    the node-local ``/tmp``) does not exist: they get the connection info from
+    ``$IPP_CONNECTION_INFO`` and use the user's default IPython profile, as ``ipengine`` does."""
+
+    @property
+    def cluster_env(self) -> dict[str, str]:
+        return {k: v for k, v in super().cluster_env.items() if k != "IPP_PROFILE_DIR"}
+
+
+class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
     """Engines as MPI ranks of one ``srun`` job step inside the current Slurm allocation.
 
     Never a new job: the step runs in the allocation of ``$SLURM_JOB_ID``. The step is named
@@ -42,10 +54,11 @@ class SrunEngineSetLauncher(MPIEngineSetLauncher):
             options.append("--overlap")
         if self.mpi:
             options.append(f"--mpi={self.mpi}")
+        options.append(BLOCK)
         return [*self.mpi_cmd, *options, *self.mpi_args, *self.program, *self.program_args]
 
 
-class MpirunEngineSetLauncher(MPIEngineSetLauncher):
+class MpirunEngineSetLauncher(AnyNodeEngineSetLauncher):
     """Engines as MPI ranks started by ``mpirun -n N``."""
 
     mpi_cmd = List(["mpirun"], config=True, help="The mpirun command, e.g. a full path.")

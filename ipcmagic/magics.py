@@ -149,10 +149,10 @@ class IPClusterMagics(Magics):
             f"cluster {cluster.cluster_id}: {plan.launcher}, {plan.n} engines, "
             f"up {time.monotonic() - self.cluster.started_at:.0f} s"
         )
-        if not self.cluster.controller_alive():
+        rows = self.cluster.engines()
+        if not self.cluster.controller_alive():  # asked after the engines: a death meanwhile shows
             print("The controller has died; run %ipcluster stop, then %ipcluster start.")
             return
-        rows = self.cluster.engines()
         print(f"{'engine':>6} {'state':<6} {'rank':>5}  {'host':<20} {'pid':>8}")
         for row in rows:
             rank = "-" if row["rank"] is None else row["rank"]

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 _BRACKET = re.compile(r"\[([^\]]*)\]")
 
 
+#: srun option: ranks fill one node, then the next; a kernel that runs in a one-task step would
+#: pass on that step's SLURM_DISTRIBUTION=cyclic (measured: ranks 0, 2 on n1 and 1, 3 on n2)
+BLOCK = "--distribution=block"
+
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside brackets."""
     parts, depth, start = [], 0, 0

@@ -25,7 +25,7 @@ from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .cluster import resolve_launcher
-from .slurm import Allocation
+from .slurm import BLOCK, Allocation
 
 LAUNCHERS = ("auto", "standalone", "srun")
 
@@ -45,6 +45,20 @@ DISTRIBUTED_ENV = (
 _TASK_ENV = (
     "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
     'LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE; exec "$@"'
+)
+#: the variable that carries a cell's code to every rank, on every node: no file has to reach them
+CELL_VAR = "IPCMAGIC_TORCHRUN_CELL"
+#: the largest cell passed that way (Linux refuses a single environment string over 128 KiB)
+MAX_CELL_BYTES = 120_000
+#: ``python -c`` program that runs the cell as ``__main__``; tracebacks show the cell's lines
+#: (from linecache: Python's own excepthook reads only files) without this program's frame
+_CELL_RUNNER = (
+    "import linecache, os, sys, traceback\n"
+    f"code = os.environ.pop({CELL_VAR!r})\n"
+    "name = sys.argv[0] = '<%%torchrun cell>'\n"
+    "linecache.cache[name] = (len(code), None, code.splitlines(True), name)\n"
+    "sys.excepthook = lambda kind, error, tb: traceback.print_exception(kind, error, tb.tb_next)\n"
+    "exec(compile(code, name, 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})\n"
 )
 _PREFIX = re.compile(r"^(?:\[default(\d+)\]:|\s*(\d+): )")
 _FAILED_RANK = re.compile(
@@ -91,10 +105,20 @@ class TorchrunPlan:
     env: dict[str, str]
 
 
+def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Python arguments and environment that run ``code`` as a script with ``args`` on a rank."""
+    if len(code.encode()) > MAX_CELL_BYTES:
+        raise UsageError(
+            f"The cell has {len(code.encode()) // 1000} kB, more than %%torchrun passes to the ranks "
+            f"({MAX_CELL_BYTES // 1000} kB); save it as a file and run %torchrun [options] file.py."
+        )
+    return ["-c", _CELL_RUNNER, *args], {CELL_VAR: code}
+
+
 def plan_standalone(
-    python: str, nproc: int, script: str, args: list[str], log_dir: str, env: Mapping[str, str]
+    python: str, nproc: int, program: list[str], log_dir: str, env: Mapping[str, str]
 ) -> TorchrunPlan:
-    """``python -m torch.distributed.run --standalone`` on this node."""
+    """``python -m torch.distributed.run --standalone`` on this node; each rank runs ``python *program``."""
     argv = [
         python,
         "-m",
@@ -103,8 +127,9 @@ def plan_standalone(
         f"--nproc-per-node={nproc}",
         "--tee=3",
         f"--log-dir={log_dir}",
-        script,
-        *args,
+        "--no-python",
+        python,
+        *program,
     ]
     return TorchrunPlan(argv, clean_env(env))
 
@@ -113,8 +138,7 @@ def plan_srun(
     python: str,
     nproc: int,
     nnodes: int,
-    script: str,
-    args: list[str],
+    program: list[str],
     allocation: Allocation,
     port: int,
     env: Mapping[str, str],
@@ -124,7 +148,8 @@ def plan_srun(
     environment: str = "",
     container_workdir: str = "",
 ) -> TorchrunPlan:
-    """One ``srun --overlap`` step on the allocation's first ``nnodes`` nodes, env:// for torch."""
+    """One ``srun --overlap`` step on the allocation's first ``nnodes`` nodes, env:// for torch;
+    each rank runs ``python *program``."""
     nodes = allocation.nodes[:nnodes]
     # --quit-on-interrupt: one SIGINT reaches every rank (plain srun only prints a status), then the step ends
     argv = [
@@ -137,13 +162,14 @@ def plan_srun(
         f"--nodes={nnodes}",
         f"--ntasks={nproc * nnodes}",
         f"--ntasks-per-node={nproc}",
+        BLOCK,
         f"--nodelist={','.join(nodes)}",
     ]
     if environment:
         argv.append(f"--environment={environment}")
     if container_workdir:
         argv.append(f"--container-workdir={container_workdir}")
-    argv += [*srun_args, "bash", "-c", _TASK_ENV, "torchrun-task", python, script, *args]
+    argv += [*srun_args, "bash", "-c", _TASK_ENV, "torchrun-task", python, *program]
     task_env = {**clean_env(env), "MASTER_ADDR": nodes[0], "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     return TorchrunPlan(argv, task_env)
 
@@ -264,7 +290,7 @@ class Torchrun(LoggingConfigurable):
         environment: str = "",
         container_workdir: str = "",
     ) -> None:
-        """Run a script file, or cell code written to a private temporary file, on every rank."""
+        """Run a script file, or cell code (passed in the environment, never written), on every rank."""
         allocation = Allocation.from_env()
         launcher = resolve_launcher(launcher or self.launcher, allocation, LAUNCHERS, "standalone")
         if launcher == "standalone" and (nnodes != 1 or environment or container_workdir or srun_args):
@@ -277,30 +303,24 @@ class Torchrun(LoggingConfigurable):
             raise UsageError(
                 f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."
             )
+        program, env = ([code_or_path, *args], {}) if is_file else cell_program(code_or_path, args)
+        env = {**os.environ, **env}
+        python = python or self.python
         with tempfile.TemporaryDirectory(prefix="ipcmagic-torchrun-") as tmp:
-            script = code_or_path if is_file else _write_private(os.path.join(tmp, "cell.py"), code_or_path)
-            python = python or self.python
             if launcher == "srun":
                 plan = plan_srun(
                     python,
                     nproc,
                     nnodes,
-                    script,
-                    args,
+                    program,
                     allocation,
                     port or free_port(),
-                    os.environ,
+                    env,
                     name=f"ipcmagic-torchrun-{os.getpid()}",
                     srun_args=srun_args,
                     environment=environment,
                     container_workdir=container_workdir,
                 )
             else:
-                plan = plan_standalone(python, nproc, script, args, os.path.join(tmp, "logs"), os.environ)
+                plan = plan_standalone(python, nproc, program, os.path.join(tmp, "logs"), env)
             run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace)
-
-
-def _write_private(path: str, text: str) -> str:
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(text)
-    return path

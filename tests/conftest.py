@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from IPython.core.interactiveshell import InteractiveShell
 CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parent.parent
 ALLOCATION_TASKS = 8
+#: the 2-node lab (SLURMLAB_NODES=2 dev/slurmlab start): nodes n1, n2 with private /tmp each
+TWO_NODE_LAB = Path(os.environ.get("SLURMLAB_2N", "/var/tmp/slurmlab-ipcmagic-2n"))
 OUR_PROCESS = re.compile(
     r"ipyparallel\.(engine|controller)|ipengine|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"
 )
@@ -43,18 +46,41 @@ def our_processes() -> list[str]:
     return found
 
 
+def two_node_lab_up() -> bool:
+    try:
+        pid = int((TWO_NODE_LAB / "run" / "slurmctld.pid").read_text())
+        return psutil.Process(pid).name() == "slurmctld"
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+def slurm_confs() -> list[str]:
+    """The test clusters that are up: the single-node lab's, and the 2-node lab's if it runs."""
+    confs = [os.environ["SLURM_CONF"]] if os.environ.get("SLURM_CONF") else []
+    return confs + [str(TWO_NODE_LAB / "etc" / "slurm.conf")] * two_node_lab_up()
+
+
 def our_steps() -> list[str]:
-    """Slurm job steps started by ipcmagic."""
+    """Slurm job steps started by ipcmagic, on every test cluster."""
     if not shutil.which("squeue"):
         return []
-    out = subprocess.run(
-        ["squeue", "--steps", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30
-    ).stdout
-    return [line for line in out.splitlines() if "ipcmagic-" in line]
+    found = []
+    for conf in slurm_confs():
+        out = subprocess.run(
+            ["squeue", "--steps", "-h", "-o", "%i %j"],
+            env={**os.environ, "SLURM_CONF": conf},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        found += [line for line in out.splitlines() if "ipcmagic-" in line]
+    return found
 
 
 def our_temp_dirs() -> list[str]:
-    return [str(p) for p in Path(tempfile.gettempdir()).glob("ipcmagic-*")]
+    """ipcmagic's directories in this machine's /tmp and in the 2-node lab's node-local ones."""
+    tmps = [Path(tempfile.gettempdir()), *TWO_NODE_LAB.glob("nodetmp/*")]
+    return [str(p) for tmp in tmps for p in tmp.glob("ipcmagic-*")]
 
 
 def leftovers(timeout: float = 10.0) -> dict[str, list[str]]:
@@ -112,6 +138,16 @@ def allocation(slurm) -> dict[str, str]:
         subprocess.run(["scancel", job_id])
 
 
+@pytest.fixture(scope="session")
+def two_nodes() -> dict[str, str]:
+    """The environment for salloc/srun on the 2-node lab."""
+    require(
+        two_node_lab_up(), f"no 2-node test cluster ({TWO_NODE_LAB}; SLURMLAB_NODES=2 dev/slurmlab start)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "SLURM_CONF": str(TWO_NODE_LAB / "etc" / "slurm.conf")}
+
+
 def _drop_slurm_env(monkeypatch) -> None:
     for name in list(os.environ):
         if name.startswith("SLURM_") and name != "SLURM_CONF":
@@ -139,6 +175,18 @@ def mpirun() -> None:
         os.geteuid() != 0 or os.environ.get("OMPI_ALLOW_RUN_AS_ROOT") == "1",
         "Open MPI as root needs OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
     )
+
+
+MPICH_LIBMPI = Path(sys.prefix) / "opt" / "mpich" / "lib" / "libmpi.so.12"
+
+
+@pytest.fixture
+def mpich_libmpi() -> str:
+    """The PyPI mpich wheel's libmpi (dev/setup installs it beside the venv), for mpi4py to load."""
+    require(
+        MPICH_LIBMPI.exists(), f"no {MPICH_LIBMPI} (pip install --prefix {MPICH_LIBMPI.parents[1]} mpich)"
+    )
+    return str(MPICH_LIBMPI)
 
 
 @pytest.fixture

@@ -112,6 +112,18 @@ def test_timeout_stops_everything(ip, in_allocation):
         del ip.config.SrunEngineSetLauncher["mpi_cmd"]
 
 
+def test_start_options_never_change_the_users_config(ip, in_allocation):
+    ip.config.SrunEngineSetLauncher.mpi_args = ["--cpu-bind=none"]  # as from ipython_config.py
+    try:
+        with pytest.raises(ClusterError):
+            ip.run_line_magic("ipcluster", "start -n 1 --mpi bogus")
+        assert dict(ip.config.SrunEngineSetLauncher) == {"mpi_args": ["--cpu-bind=none"]}
+        ip.run_line_magic("ipcluster", "start -n 1")  # not with --mpi bogus left over
+        ip.run_line_magic("ipcluster", "stop")
+    finally:
+        del ip.config.SrunEngineSetLauncher["mpi_args"]
+
+
 def test_start_twice_and_stop_twice(ip, outside_slurm, capsys):
     ip.run_line_magic("ipcluster", "start -n 1")
     with pytest.raises(UsageError, match="already running; stop it first"):

@@ -27,3 +27,25 @@ def test_notebook_as_a_job_step(slurm, nothing_left, notebook):
 def test_notebook_outside_slurm(nothing_left, torch_installed, notebook):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     run_nbval([*NBVAL, notebook], env)
+
+
+def test_multinode_notebook_as_a_job_step(two_nodes, nothing_left):
+    """Engines and %%torchrun over 2 nodes, each with its own network address and /tmp."""
+    run_nbval(
+        [
+            "salloc",
+            "-Q",
+            "-N",
+            "2",
+            "--ntasks-per-node=2",
+            "-J",
+            "ipcmagic-nbval",
+            "srun",
+            "-N",
+            "1",
+            "-n",
+            "1",
+        ]
+        + [*NBVAL, "examples/multinode.ipynb"],
+        two_nodes,
+    )

@@ -5,7 +5,7 @@ import sys
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic.cluster import EnginePlan, plan_engines
+from ipcmagic.cluster import ClusterError, EnginePlan, _row, address_towards, plan_engines, split_worlds
 from ipcmagic.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
 from ipcmagic.slurm import Allocation
 
@@ -23,7 +23,9 @@ def test_auto_is_srun_inside_an_allocation_with_its_task_count():
     assert (plan.launcher, plan.n) == ("srun", 6)
     args = launcher_args(plan)
     assert args[:6] == ["srun", "-n", "6", "--cpus-per-task=1", "--job-name=ipcmagic-abc", "--overlap"]
-    assert args[6:9] == [sys.executable, "-m", "ipyparallel.engine"] and "--mpi" in args
+    assert (
+        args[6:10] == ["--distribution=block", sys.executable, "-m", "ipyparallel.engine"] and "--mpi" in args
+    )
 
 
 def test_auto_is_local_outside_slurm():
@@ -34,7 +36,7 @@ def test_auto_is_local_outside_slurm():
 def test_srun_options_and_passthrough():
     plan = plan_engines(ALLOC, n=2, cpus_per_engine=4, mpi="pmix", launcher_args="--cpu-bind=cores -x 'a b'")
     args = launcher_args(plan)
-    assert args[:8] == [
+    assert args[:9] == [
         "srun",
         "-n",
         "2",
@@ -42,9 +44,10 @@ def test_srun_options_and_passthrough():
         "--job-name=ipcmagic-abc",
         "--overlap",
         "--mpi=pmix",
+        "--distribution=block",
         "--cpu-bind=cores",
     ]
-    assert args[8:10] == ["-x", "a b"]
+    assert args[9:11] == ["-x", "a b"], "user options come after ours, so they win"
 
 
 def test_srun_without_overlap_by_config():
@@ -99,3 +102,18 @@ def test_entry_points_make_srun_a_cluster_engine_name():
     cluster = ipp.Cluster(engines="srun", log_level=50)
     assert cluster.engine_launcher_class is SrunEngineSetLauncher
     assert ipp.Cluster(engines="mpirun").engine_launcher_class is MpirunEngineSetLauncher
+
+
+def test_split_worlds():
+    def rows(*sizes):
+        return [_row(i, "alive", 0, size) for i, size in enumerate(sizes)]
+
+    assert split_worlds(rows(3, 3, 3), 3) is None
+    assert split_worlds(rows(None, None), 2) is None, "engines without mpi4py are not checked"
+    assert "sizes [1], not 2" in split_worlds(rows(1, 1), 2)
+
+
+def test_address_towards():
+    assert address_towards(["no-such-host.invalid", "localhost"]) == "127.0.0.1"
+    with pytest.raises(ClusterError, match="controller_ip"):
+        address_towards(["no-such-host.invalid"])

@@ -83,6 +83,22 @@ def test_mpirun_without_enough_slots_fails_at_once(ip, outside_slurm, mpirun):
     assert time.monotonic() - tic < 5
 
 
+def test_mpi_singletons_fail_the_start(ip, in_allocation, mpich_libmpi, monkeypatch):
+    """MPICH under srun --mpi=none runs N worlds of size 1 without a word; the start must say so."""
+    monkeypatch.setenv("MPI4PY_LIBMPI", mpich_libmpi)  # srun passes it on to the engines
+    with pytest.raises(
+        ClusterError, match=r"not one MPI world: they see COMM_WORLD sizes \[1\], not 2.*pmi2"
+    ):
+        ip.run_line_magic("ipcluster", "start -n 2 --mpi none")
+    assert not ipcmagic._magics.cluster.running
+    ip.run_line_magic("ipcluster", "start -n 2 --mpi pmi2")  # the advice works
+    assert ipcmagic.client()[:].apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_size()) == [
+        2,
+        2,
+    ]
+    ip.run_line_magic("ipcluster", "stop")
+
+
 def test_connection_files_are_private_and_signed(ip, outside_slurm):
     import ipyparallel as ipp
 

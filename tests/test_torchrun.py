@@ -12,6 +12,7 @@ from IPython.core.error import UsageError
 
 from ipcmagic.slurm import Allocation
 from ipcmagic.torchrun import (
+    CELL_VAR,
     TorchrunError,
     _failure,
     _prefixed,
@@ -32,9 +33,9 @@ STALE = {"RANK": "5", "LOCAL_RANK": "5", "WORLD_SIZE": "9", "MASTER_PORT": "1", 
 
 
 def test_standalone_plan_drops_stale_rank_variables():
-    plan = plan_standalone("/py", 4, "cell.py", ["--lr", "1"], "/tmp/x/logs", {**STALE, "HOME": "/h"})
+    plan = plan_standalone("/py", 4, ["cell.py", "--lr", "1"], "/tmp/x/logs", {**STALE, "HOME": "/h"})
     assert plan.argv[:5] == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
-    assert plan.argv[-3:] == ["cell.py", "--lr", "1"]
+    assert plan.argv[-5:] == ["--no-python", "/py", "cell.py", "--lr", "1"]
     assert plan.env == {"HOME": "/h"}
 
 
@@ -44,8 +45,7 @@ def test_srun_plan():
         "/c/python",
         2,
         2,
-        "cell.py",
-        ["a"],
+        ["cell.py", "a"],
         alloc,
         12345,
         STALE,
@@ -170,14 +170,22 @@ def test_line_form_runs_a_script_file(ip, outside_slurm, torch_installed, capsys
     assert script.exists(), "a user's script is never removed"
 
 
-def test_cell_file_is_private(ip, outside_slurm, torch_installed, capsys):
+def test_cell_reaches_the_ranks_without_a_file(ip, outside_slurm, torch_installed, capsys):
+    """Node-local /tmp on other nodes cannot hide the cell: it travels in the step's environment."""
     code = (
-        "import os, sys\n"
-        "mode = lambda path: oct(os.stat(path).st_mode & 0o777)\n"
-        "print(mode(sys.argv[0]), mode(os.path.dirname(sys.argv[0])))"
+        f"import os, sys\nprint(__name__, sys.argv, {CELL_VAR!r} in os.environ)\n"
+        "1 / (int(os.environ['RANK']) - 1)\n"
     )
-    ip.run_cell_magic("torchrun", "-n 1", code)
-    assert "[0] 0o600 0o700" in capsys.readouterr().out
+    with pytest.raises(TorchrunError, match="rank 1 exited with code 1"):
+        ip.run_cell_magic("torchrun", "-n 2 -- --lr 1", code)
+    out = capsys.readouterr().out
+    assert "[0] __main__ ['<%%torchrun cell>', '--lr', '1'] False" in out
+    assert "1 / (int(os.environ['RANK']) - 1)" in out, "the traceback shows the cell's line"
+
+
+def test_a_cell_too_large_for_the_environment_is_a_usage_error(ip, outside_slurm):
+    with pytest.raises(UsageError, match="save it as a file"):
+        ip.run_cell_magic("torchrun", "-n 1", "x = 1\n" * 30_000)
 
 
 def test_output_streams_while_the_ranks_run(ip, outside_slurm, torch_installed, monkeypatch):
