@@ -16,6 +16,7 @@ _BRACKET = re.compile(r"\[([^\]]*)\]")
 #: pass on that step's SLURM_DISTRIBUTION=cyclic (measured: ranks 0, 2 on n1 and 1, 3 on n2)
 BLOCK = "--distribution=block"
 
+
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside brackets."""
     parts, depth, start = [], 0, 0
