@@ -33,7 +33,7 @@ def snapshot() -> dict[str, float]:
 
 def soak(cycles: int, n: int, launcher: str) -> tuple[dict, dict, list[float]]:
     """Run the cycles; return the counts after the first cycle, after the last, and the start times."""
-    cluster = IPCluster()
+    cluster = IPCluster(timeout=600)  # 64 engines on 2 cores take about a minute
     plan = cluster.plan_start(Allocation.from_env(), launcher=launcher, n=n)
     first: dict = {}
     starts = []

@@ -1,75 +1,121 @@
-"""Start and stop seconds of %ipcluster's launchers and of ipyparallel.Cluster used directly.
+"""Start and stop seconds of %ipcluster's launchers, next to ipyparallel.Cluster used directly and
+to the floor: N engine processes that only import ipyparallel's engine, as one srun step.
 
-Run inside an allocation of at least 16 tasks, e.g. on the test cluster:
-    salloc -n 16 srun -n 1 .venv/bin/python benchmarks/startup.py [--repeat 3] [--sizes 1 4 16]
-Prints one table of medians (min-max) in seconds, all measured in the same run.
+Run inside an allocation with a task per engine, e.g. on the test cluster:
+    salloc -n 16 srun -n 1 .venv/bin/python benchmarks/startup.py [--repeat 5] [--sizes 1 4 16]
+    salloc -n 64 srun -n 1 .venv/bin/python benchmarks/startup.py --sizes 1 2 4 8 16 32 64 \
+        --cases floor "%ipcluster srun"          # the scaling table (SLURMLAB_CPUS=64 dev/slurmlab start)
+Prints one row per case and size, all measured in the same run: medians (min-max) in seconds, the
+kernel's RSS with the cluster up, and for %ipcluster srun the goals of issue 8 against the floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import ipyparallel as ipp
+import psutil
 
 from ipcmagic.cluster import IPCluster
 from ipcmagic.slurm import Allocation
 
+Run = tuple[float, float, float]  # start s, stop s, kernel RSS MiB with the cluster up
 
-def ipcmagic_run(launcher: str, n: int) -> tuple[float, float]:
-    cluster = IPCluster()
-    allocation = Allocation.from_env()
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def floor_run(n: int) -> Run:
+    """What no launcher can beat: N engine processes importing ipyparallel's engine, one srun step."""
+    tic = time.perf_counter()
+    subprocess.run(
+        ["srun", "--overlap", "-n", str(n), sys.executable, "-c", "import ipyparallel.engine.app"], check=True
+    )
+    return time.perf_counter() - tic, 0.0, rss_mib()
+
+
+def ipcmagic_run(launcher: str, n: int) -> Run:
+    cluster = IPCluster(timeout=600)  # 64 engines on 2 cores take about a minute
     extra = "--oversubscribe" if launcher == "mpirun" else ""
-    plan = cluster.plan_start(allocation, launcher=launcher, n=n, launcher_args=extra)
+    plan = cluster.plan_start(Allocation.from_env(), launcher=launcher, n=n, launcher_args=extra)
     tic = time.perf_counter()
     cluster.start(plan)
-    started = time.perf_counter() - tic
+    started, rss = time.perf_counter() - tic, rss_mib()
     tic = time.perf_counter()
     cluster.stop()
-    return started, time.perf_counter() - tic
+    return started, time.perf_counter() - tic, rss
 
 
-def ipp_run(engines: str, n: int) -> tuple[float, float]:
+def ipp_run(engines: str, n: int) -> Run:
     """ipyparallel.Cluster as a user would drive it by hand (its defaults, srun for 'mpi')."""
     cluster = ipp.Cluster(n=n, engines=engines, log_level=50)
     if engines == "mpi":
         cluster.config.MPIEngineSetLauncher.mpi_cmd = ["srun", "--overlap"]
     tic = time.perf_counter()
     client = cluster.start_and_connect_sync()
-    started = time.perf_counter() - tic
+    started, rss = time.perf_counter() - tic, rss_mib()
     client.close()
     tic = time.perf_counter()
     cluster.stop_cluster_sync()
-    return started, time.perf_counter() - tic
+    return started, time.perf_counter() - tic, rss
 
 
-CASES: dict[str, Callable[[int], tuple[float, float]]] = {
+CASES: dict[str, Callable[[int], Run]] = {
+    "floor": floor_run,
     "%ipcluster srun": lambda n: ipcmagic_run("srun", n),
+    "ipp.Cluster srun (mpi)": lambda n: ipp_run("mpi", n),
     "%ipcluster mpirun": lambda n: ipcmagic_run("mpirun", n),
     "%ipcluster local": lambda n: ipcmagic_run("local", n),
-    "ipp.Cluster srun (mpi)": lambda n: ipp_run("mpi", n),
     "ipp.Cluster local": lambda n: ipp_run("local", n),
 }
+#: issue 8: seconds over the floor a start may take at N, and the stop limit at N = 16
+START_OVER_FLOOR = 1.0
+STOP_LIMIT = 0.5
 
 
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def goals(n: int, medians: dict[str, tuple[float, float]]) -> str:
+    start, stop = medians["%ipcluster srun"]
+    notes = []
+    if "floor" in medians:
+        floor = medians["floor"][0]
+        met = "met" if start <= floor + START_OVER_FLOOR else "NOT met"
+        notes.append(f"start {start - floor:+.2f} s over the floor ({start / floor:.1f}x): {met}")
+    if "ipp.Cluster srun (mpi)" in medians:
+        notes.append(f"{medians['ipp.Cluster srun (mpi)'][0] / start:.1f}x faster than ipp.Cluster")
+    if n == 16:
+        notes.append(f"stop {stop:.2f} s: {'met' if stop <= STOP_LIMIT else 'NOT met'}")
+    return "; ".join(notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
     if Allocation.from_env() is None:
         parser.error("run me inside a Slurm allocation (see the module docstring)")
-    print(f"{'case':<24} {'N':>3}  {'start s: median (min-max)':<27} {'stop s: median (min-max)'}")
+    print(f"{psutil.cpu_count()} cores; medians of {args.repeat} runs (min-max)")
+    print(f"{'case':<24} {'N':>3}  {'start s':<19} {'stop s':<19} {'kernel RSS MiB':>14}")
     for n in args.sizes:
-        for name, run in CASES.items():
-            starts, stops = zip(*(run(n) for _ in range(args.repeat)), strict=True)
-            print(f"{name:<24} {n:>3}  {summary(starts):<27} {summary(stops)}", flush=True)
+        medians = {}
+        for name in args.cases:
+            starts, stops, rss = zip(*(CASES[name](n) for _ in range(args.repeat)), strict=True)
+            medians[name] = statistics.median(starts), statistics.median(stops)
+            stop = summary(stops) if name != "floor" else "-"
+            print(f"{name:<24} {n:>3}  {summary(starts):<19} {stop:<19} {max(rss):>14.1f}", flush=True)
+        if "%ipcluster srun" in medians:
+            print(f"{'':<24} {n:>3}  goals: {goals(n, medians)}", flush=True)
 
 
 if __name__ == "__main__":

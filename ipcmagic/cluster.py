@@ -21,6 +21,7 @@ from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .slurm import Allocation
+from .status import ClusterStatus
 from .watchdog import Watchdog
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
@@ -131,17 +132,26 @@ def address_towards(hosts: list[str]) -> str:
     )
 
 
-def _engine_info() -> tuple[int | None, int | None, str, int]:
-    """Runs on an engine: (MPI rank, MPI world size; both None without MPI), host, pid."""
+def _engine_info() -> dict[str, Any]:
+    """Runs on an engine: its MPI rank and world size (None without MPI), host, pid, CPU
+    affinity, CUDA_VISIBLE_DEVICES and Slurm step."""
     import os
     import socket
     import sys
 
-    rank = size = None
-    if "mpi4py.MPI" in sys.modules:
-        world = sys.modules["mpi4py.MPI"].COMM_WORLD
-        rank, size = world.Get_rank(), world.Get_size()
-    return rank, size, socket.gethostname(), os.getpid()
+    from ipcmagic.status import cpu_ranges
+
+    world = sys.modules["mpi4py.MPI"].COMM_WORLD if "mpi4py.MPI" in sys.modules else None
+    step = ".".join(os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_STEP_ID") if k in os.environ)
+    return {
+        "rank": world.Get_rank() if world else None,
+        "size": world.Get_size() if world else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cpus": cpu_ranges(os.sched_getaffinity(0)),
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "step": step if "." in step else "",
+    }
 
 
 def split_worlds(rows: list[dict[str, Any]], n: int) -> str | None:
@@ -370,9 +380,22 @@ class IPCluster(LoggingConfigurable):
         except psutil.NoSuchProcess:
             return False
 
+    def status(self) -> ClusterStatus:
+        """What ``%ipcluster status`` shows; the engines are asked before the controller's health,
+        so a controller that dies meanwhile shows."""
+        rows = self.engines()
+        return ClusterStatus(
+            self.cluster.cluster_id,
+            self.plan.launcher,
+            self.plan.n,
+            time.monotonic() - self.started_at,
+            controller_alive=self.controller_alive(),
+            rows=rows,
+        )
+
     def engines(self, timeout: float = 3.0) -> list[dict[str, Any]]:
         """One row per engine the cluster should have: id, state (alive, busy: running something
-        that did not let it answer within ``timeout``, gone), MPI rank, host and pid."""
+        that did not let it answer within ``timeout``, gone) and what :func:`_engine_info` reports."""
         if self.client is None:
             return []
         asked = {i: self.client[i].apply_async(_engine_info) for i in self.client.ids}
@@ -382,18 +405,12 @@ class IPCluster(LoggingConfigurable):
         rows = {i: _row(i, "busy") for i in asked}
         for i, reply in asked.items():
             if reply.ready() and reply.successful():
-                rows[i] = _row(i, "alive", *reply.get())
+                rows[i] = _row(i, "alive", **reply.get())
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: _row(i, "gone") for i in missing})
         return [rows[i] for i in sorted(rows)]
 
 
-def _row(
-    engine_id: int,
-    state: str,
-    rank: int | None = None,
-    size: int | None = None,
-    host: str = "",
-    pid: int | str = "",
-) -> dict:
-    return {"id": engine_id, "state": state, "rank": rank, "size": size, "host": host, "pid": pid}
+def _row(engine_id: int, state: str, **info: Any) -> dict[str, Any]:
+    """An engine as ``%ipcluster status`` lists it; what an engine did not report is None."""
+    return {"id": engine_id, "state": state, "rank": None, "size": None, "host": None, "pid": None, **info}

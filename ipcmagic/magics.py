@@ -8,10 +8,12 @@ import sys
 import time
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
 
 from . import __version__
+from .bounded import run_bounded
 from .cluster import LAUNCHERS, IPCluster
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
@@ -144,22 +146,20 @@ class IPClusterMagics(Magics):
         if not self.cluster.running:
             print("No cluster is running.")
             return
-        plan, cluster = self.cluster.plan, self.cluster.cluster
-        print(
-            f"cluster {cluster.cluster_id}: {plan.launcher}, {plan.n} engines, "
-            f"up {time.monotonic() - self.cluster.started_at:.0f} s"
-        )
-        rows = self.cluster.engines()
-        if not self.cluster.controller_alive():  # asked after the engines: a death meanwhile shows
-            print("The controller has died; run %ipcluster stop, then %ipcluster start.")
-            return
-        print(f"{'engine':>6} {'state':<6} {'rank':>5}  {'host':<20} {'pid':>8}")
-        for row in rows:
-            rank = "-" if row["rank"] is None else row["rank"]
-            print(f"{row['id']:>6} {row['state']:<6} {rank:>5}  {row['host']:<20} {row['pid']:>8}")
-        gone = [row["id"] for row in rows if row["state"] == "gone"]
-        if gone:
-            print(f"{len(gone)} engine(s) are gone; %ipcluster restart starts all {plan.n} anew.")
+        display(self.cluster.status())
+
+    @magic_arguments()
+    @argument("seconds", type=_positive_seconds, help="Timeout in seconds.")
+    @cell_magic
+    def pxtimeout(self, line: str, cell: str) -> None:
+        """Run the cell on every engine, like ``%%px``, for at most SECONDS: then the engines are
+        interrupted (SIGINT), and restarted if they do not stop (e.g. ranks blocked in MPI), and
+        the cell fails saying so. The cluster is usable afterwards.
+        """
+        args = _parse(self.pxtimeout, line)
+        if not self.cluster.running:
+            raise UsageError("No cluster is running; start one with %ipcluster start.")
+        run_bounded(self.cluster, cell, args.seconds)
 
     @magic_arguments()
     @argument("-n", "--nproc-per-node", type=int, default=1, help="Processes (ranks) per node.")

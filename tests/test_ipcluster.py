@@ -12,6 +12,7 @@ from IPython.core.error import UsageError
 
 import ipcmagic
 from ipcmagic.cluster import ClusterError
+from ipcmagic.status import cpu_ranges
 
 
 def ranks(rc) -> list[int]:
@@ -49,10 +50,25 @@ def test_srun_engines_are_ranks_of_one_step(ip, in_allocation, capsys):
     capsys.readouterr()
     ip.run_line_magic("ipcluster", "status")
     status = capsys.readouterr().out
-    assert f"cluster {cluster_id}: srun, 4 engines" in status
+    step = next(line.split()[0] for line in steps.splitlines() if f"ipcmagic-{cluster_id}" in line)
+    assert f"cluster {cluster_id}: srun, 4 engines, Slurm step {step}, up " in status
     assert [line.split()[:3] for line in status.splitlines()[2:]] == [
         [str(i), "alive", str(i)] for i in range(4)
     ]
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_status_shows_affinity_and_gpus_as_text_and_html(ip, in_allocation, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # srun passes it on, as a GPU site's would
+    ip.run_line_magic("ipcluster", "start -n 2 -c 2")
+    status = ipcmagic._magics.cluster.status()
+    pids = ipcmagic.client()[:].apply_sync(os.getpid)
+    affinity = ipcmagic.client()[:].apply_sync(lambda: sorted(__import__("os").sched_getaffinity(0)))
+    assert [(row["pid"], row["gpus"]) for row in status.rows] == [(pid, "0,1") for pid in pids]
+    assert [row["cpus"] for row in status.rows] == [cpu_ranges(set(cpus)) for cpus in affinity]
+    html = status._repr_html_()
+    assert "<th>CPUs</th>" in html and f"<td>{pids[1]}</td>" in html and "<td>0,1</td>" in html
+    assert "CUDA_VISIBLE_DEVICES" in str(status).splitlines()[1]
     ip.run_line_magic("ipcluster", "stop")
 
 

@@ -9,7 +9,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-NBVAL = [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q"]
+#: --nbval-lax: outputs are compared only in cells tagged nbval-check-output, after sanitizing
+NBVAL = [
+    *(sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q"),
+    *("--nbval-sanitize-with", "tests/nbval_sanitize.cfg"),
+]
 
 
 def run_nbval(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -18,12 +22,20 @@ def run_nbval(cmd: list[str], env: dict[str, str] | None = None) -> None:
     assert " passed" in out.stdout and "failed" not in out.stdout
 
 
-@pytest.mark.parametrize("notebook", ["examples/quickstart.ipynb", "examples/torchrun.ipynb"])
+@pytest.mark.parametrize(
+    "notebook",
+    [
+        "examples/quickstart.ipynb",
+        "examples/mpi4py.ipynb",
+        "examples/torchrun.ipynb",
+        "examples/torchrun_ddp.ipynb",
+    ],
+)
 def test_notebook_as_a_job_step(slurm, nothing_left, notebook):
     run_nbval(["salloc", "-Q", "-n", "5", "-J", "ipcmagic-nbval", "srun", "-n", "1", *NBVAL, notebook])
 
 
-@pytest.mark.parametrize("notebook", ["examples/torchrun.ipynb"])
+@pytest.mark.parametrize("notebook", ["examples/torchrun.ipynb", "examples/torchrun_ddp.ipynb"])
 def test_notebook_outside_slurm(nothing_left, torch_installed, notebook):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     run_nbval([*NBVAL, notebook], env)

@@ -8,6 +8,7 @@ from IPython.core.error import UsageError
 from ipcmagic.cluster import ClusterError, EnginePlan, _row, address_towards, plan_engines, split_worlds
 from ipcmagic.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
 from ipcmagic.slurm import Allocation
+from ipcmagic.status import cpu_ranges
 
 ALLOC = Allocation(job_id="42", nodes=("n1",), cpus_per_node=(8,), env_tasks=6)
 
@@ -106,7 +107,7 @@ def test_entry_points_make_srun_a_cluster_engine_name():
 
 def test_split_worlds():
     def rows(*sizes):
-        return [_row(i, "alive", 0, size) for i, size in enumerate(sizes)]
+        return [_row(i, "alive", rank=0, size=size) for i, size in enumerate(sizes)]
 
     assert split_worlds(rows(3, 3, 3), 3) is None
     assert split_worlds(rows(None, None), 2) is None, "engines without mpi4py are not checked"
@@ -117,3 +118,8 @@ def test_address_towards():
     assert address_towards(["no-such-host.invalid", "localhost"]) == "127.0.0.1"
     with pytest.raises(ClusterError, match="controller_ip"):
         address_towards(["no-such-host.invalid"])
+
+
+def test_cpu_ranges():
+    assert cpu_ranges({0, 1, 2, 3, 8, 10, 11}) == "0-3,8,10-11"
+    assert cpu_ranges({5}) == "5" and cpu_ranges(set()) == ""

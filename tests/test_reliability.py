@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 from jupyter_client.manager import start_new_kernel
 
 import ipcmagic
+from ipcmagic.bounded import ParallelTimeout
 from ipcmagic.cluster import ClusterError
 from tests.conftest import our_processes
 
@@ -200,3 +201,37 @@ def test_soak_short(nothing_left, in_allocation):
     first, last, _ = soak(cycles=4, n=4, launcher="srun")
     assert last["children"] == 0 and last["temp dirs"] == 0
     assert last["fds"] <= first["fds"] and last["threads"] <= first["threads"], (first, last)
+
+
+def test_pxtimeout_restarts_ranks_stuck_in_mpi(ip, in_allocation):
+    """ipyparallel#435: rank 0 fails, the others wait in a barrier forever; not past the timeout."""
+    ip.run_line_magic("ipcluster", "start -n 3")
+    rc = ipcmagic.client()
+    cell = (
+        "from mpi4py import MPI\n"
+        "if MPI.COMM_WORLD.rank == 0:\n"
+        "    raise ValueError('rank 0 fails')\n"
+        "MPI.COMM_WORLD.Barrier()"
+    )
+    tic = time.monotonic()
+    with pytest.raises(ParallelTimeout, match="did not stop on SIGINT.*all 3 engines were restarted"):
+        ip.run_cell_magic("pxtimeout", "3", cell)
+    assert time.monotonic() - tic < 30
+    assert rc.ids == [0, 1, 2], "the same client sees a full cluster again"
+    world = rc[:].apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.allreduce(1))
+    assert world == [3, 3, 3], "one consistent MPI world"
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_pxtimeout_interrupts_python_and_keeps_the_engines(ip, in_allocation, capsys):
+    ip.run_line_magic("ipcluster", "start -n 2")
+    rc = ipcmagic.client()
+    ip.run_cell_magic("pxtimeout", "10", "x = 1\nprint('quick', x)")
+    assert "quick 1" in capsys.readouterr().out
+    pids = rc[:].apply_sync(os.getpid)
+    with pytest.raises(ParallelTimeout, match="interrupted .KeyboardInterrupt. and keep their variables"):
+        ip.run_cell_magic("pxtimeout", "2", "import time\ntime.sleep(60)")
+    assert rc[:]["x"] == [1, 1] and rc[:].apply_sync(os.getpid) == pids
+    with pytest.raises(UsageError, match="argument seconds"):
+        ip.run_cell_magic("pxtimeout", "0", "pass")
+    ip.run_line_magic("ipcluster", "stop")

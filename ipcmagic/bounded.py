@@ -1,0 +1,46 @@
+"""``%%pxtimeout SECONDS``: a parallel cell that cannot freeze the notebook.
+
+One rank that fails while the others wait for it in an MPI call (ipyparallel#435) would keep a
+``%%px`` cell waiting forever. Here the cell runs on the engines like ``%%px`` (output streams
+live), and when ``SECONDS`` pass the engines get SIGINT (a ``KeyboardInterrupt`` in Python code);
+engines that still do not finish within the grace time — typically ranks blocked in MPI, which
+only returns to Python when its peers answer — are restarted, because their MPI world is broken.
+Either way the cell fails, saying which, and the cluster is usable afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from .cluster import IPCluster
+
+
+class ParallelTimeout(RuntimeError):
+    """A parallel cell ran past its timeout; the message says what was done about it."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def run_bounded(cluster: IPCluster, cell: str, seconds: float, grace: float = 3.0) -> None:
+    """Run ``cell`` on every engine of ``cluster`` for at most ``seconds``."""
+    view = cluster.client[:]
+    result = view.execute(cell, block=False, silent=False)
+    with result.stream_output():
+        finished = result.wait(seconds)
+    if finished:
+        result.display_outputs()
+        result.get()  # a failed engine raises ipyparallel's CompositeError, as %%px does
+        return
+    view.client.send_signal(signal.SIGINT, targets=view.targets, block=True)
+    if result.wait(grace):
+        raise ParallelTimeout(
+            f"The cell ran past its timeout of {seconds:g} s; the engines were interrupted "
+            "(KeyboardInterrupt) and keep their variables."
+        )
+    cluster.restart()
+    raise ParallelTimeout(
+        f"The cell ran past its timeout of {seconds:g} s and some engines did not stop on SIGINT "
+        f"within {grace:g} s (for example ranks waiting in an MPI call for a rank that failed); "
+        f"all {cluster.plan.n} engines were restarted, so their variables are gone."
+    )
