@@ -163,7 +163,7 @@ def test_engine_death_then_restart(ip, in_allocation, capsys):
     assert f"engine 1 (MPI rank 1, pid {victim} on " in capsys.readouterr().err, "and says which engine died"
     ip.run_line_magic("ipcluster", "status")
     status = capsys.readouterr().out
-    assert re.search(r"^\s+1 gone", status, re.M) and "%ipcluster restart" in status, status
+    assert re.search(r"^\s+1\s+gone", status, re.M) and "%ipcluster restart" in status, status
     ip.run_line_magic("ipcluster", "restart")
     assert rc.ids == [0, 1, 2]
     assert rc[:].apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_rank()) == [0, 1, 2]
