@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 import time
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
@@ -18,6 +19,7 @@ from .cluster import LAUNCHERS, IPCluster
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
+from .watch import watch
 
 
 def _positive_seconds(text: str) -> int:
@@ -147,6 +149,22 @@ class IPClusterMagics(Magics):
             print("No cluster is running.")
             return
         display(self.cluster.status())
+
+    @magic_arguments()
+    @argument("name", help="Variable holding the AsyncResult, e.g. from %%px --noblock -o NAME.")
+    @line_magic
+    def pxwatch(self, line: str) -> Any:
+        """Follow non-blocking parallel work until it completes: each engine's output as it
+        arrives, then the results, or the errors as ``%%px`` shows them. Interrupting stops the
+        watching; the work goes on.
+        """
+        args = _parse(self.pxwatch, line)
+        result = self.shell.user_ns.get(args.name)
+        if not hasattr(result, "stream_output"):
+            raise UsageError(
+                f"{args.name!r} is not a parallel result; start the work with %%px --noblock -o {args.name}."
+            )
+        return watch(result)
 
     @magic_arguments()
     @argument("seconds", type=_positive_seconds, help="Timeout in seconds.")

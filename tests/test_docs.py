@@ -26,7 +26,7 @@ def site(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("magic", ["ipcluster", "pxtimeout", "torchrun"])
+@pytest.mark.parametrize("magic", ["ipcluster", "pxtimeout", "pxwatch", "torchrun"])
 def test_reference_shows_every_magic_with_its_options(site, magic):
     page = html.unescape((site / "reference" / "index.html").read_text())
     parser = getattr(IPClusterMagics, magic).parser

@@ -197,3 +197,28 @@ def test_exiting_ipython_stops_the_cluster(nothing_left, in_allocation, launcher
         [sys.executable, "-m", "IPython", "--quick", "-c", code], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and "engines ready" in out.stdout, out.stdout + out.stderr
+
+
+def test_pxwatch_follows_work_started_without_blocking(ip, in_allocation, capsys):
+    from ipyparallel.error import CompositeError
+
+    ip.run_line_magic("ipcluster", "start -n 2")
+    ip.run_cell_magic(
+        "px",
+        "--noblock -o job",
+        "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(1)",
+    )
+    assert not ip.user_ns["job"].ready()
+    ip.run_line_magic("pxwatch", "job")
+    assert ip.user_ns["job"].ready()
+    out = capsys.readouterr().out
+    assert out.count("step 0") == 2 and out.count("step 2") == 2, out
+    ip.user_ns["doubled"] = ipcmagic.client()[:].apply_async(lambda x: 2 * x, 21)
+    assert ip.run_line_magic("pxwatch", "doubled") == [42, 42]
+    ip.run_cell_magic("px", "--noblock -o bad", "1 / 0")
+    with pytest.raises(CompositeError, match="ZeroDivisionError"):
+        ip.run_line_magic("pxwatch", "bad")
+    ip.user_ns["number"] = 1
+    with pytest.raises(UsageError, match="'number' is not a parallel result"):
+        ip.run_line_magic("pxwatch", "number")
+    ip.run_line_magic("ipcluster", "stop")
