@@ -142,7 +142,7 @@ def _engine_info() -> dict[str, Any]:
     from ipcmagic.status import cpu_ranges
 
     world = sys.modules["mpi4py.MPI"].COMM_WORLD if "mpi4py.MPI" in sys.modules else None
-    step = ".".join(os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_STEP_ID") if k in os.environ)
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
     return {
         "rank": world.Get_rank() if world else None,
         "size": world.Get_size() if world else None,
@@ -150,7 +150,7 @@ def _engine_info() -> dict[str, Any]:
         "pid": os.getpid(),
         "cpus": cpu_ranges(os.sched_getaffinity(0)),
         "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "step": step if "." in step else "",
+        "step": f"{job}.{step}" if job and step else None,
     }
 
 
@@ -411,6 +411,10 @@ class IPCluster(LoggingConfigurable):
         return [rows[i] for i in sorted(rows)]
 
 
+#: what :func:`_engine_info` reports
+ENGINE_INFO = ("rank", "size", "host", "pid", "cpus", "gpus", "step")
+
+
 def _row(engine_id: int, state: str, **info: Any) -> dict[str, Any]:
     """An engine as ``%ipcluster status`` lists it; what an engine did not report is None."""
-    return {"id": engine_id, "state": state, "rank": None, "size": None, "host": None, "pid": None, **info}
+    return {"id": engine_id, "state": state, **dict.fromkeys(ENGINE_INFO), **info}

@@ -42,7 +42,7 @@ class ClusterStatus:
 
     @property
     def steps(self) -> str:
-        return ", ".join(sorted({row["step"] for row in self.rows if row.get("step")}))
+        return ", ".join(sorted({row["step"] for row in self.rows if row["step"]}))
 
     def headline(self) -> str:
         step = f", Slurm step {self.steps}" if self.steps else ""
@@ -57,10 +57,7 @@ class ClusterStatus:
         return ""
 
     def cells(self) -> list[list[str]]:
-        return [
-            ["-" if row.get(key) is None else str(row.get(key, "")) for _, key in COLUMNS]
-            for row in self.rows
-        ]
+        return [["-" if row[key] is None else str(row[key]) for _, key in COLUMNS] for row in self.rows]
 
     def __str__(self) -> str:
         table = (

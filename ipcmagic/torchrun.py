@@ -107,9 +107,10 @@ class TorchrunPlan:
 
 def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """Python arguments and environment that run ``code`` as a script with ``args`` on a rank."""
-    if len(code.encode()) > MAX_CELL_BYTES:
+    size = len(code.encode())
+    if size > MAX_CELL_BYTES:
         raise UsageError(
-            f"The cell has {len(code.encode()) // 1000} kB, more than %%torchrun passes to the ranks "
+            f"The cell has {size // 1000} kB, more than %%torchrun passes to the ranks "
             f"({MAX_CELL_BYTES // 1000} kB); save it as a file and run %torchrun [options] file.py."
         )
     return ["-c", _CELL_RUNNER, *args], {CELL_VAR: code}

@@ -57,7 +57,9 @@ def two_node_lab_up() -> bool:
 def slurm_confs() -> list[str]:
     """The test clusters that are up: the single-node lab's, and the 2-node lab's if it runs."""
     confs = [os.environ["SLURM_CONF"]] if os.environ.get("SLURM_CONF") else []
-    return confs + [str(TWO_NODE_LAB / "etc" / "slurm.conf")] * two_node_lab_up()
+    if two_node_lab_up():
+        confs.append(str(TWO_NODE_LAB / "etc" / "slurm.conf"))
+    return confs
 
 
 def our_steps() -> list[str]:
