@@ -39,6 +39,13 @@ def client() -> Any:
     return _magics.cluster.client
 
 
+def dask_client() -> Any:
+    """The ``distributed.Client`` of this kernel's cluster, started with ``%ipcluster start --dask``."""
+    if _magics is None or _magics.cluster.dask_client is None:
+        raise RuntimeError("No dask cluster is running; start one with %ipcluster start --dask.")
+    return _magics.cluster.dask_client
+
+
 def _register_on_import() -> None:
     """``import ipcmagic`` inside IPython registers the magics, as the predecessor did."""
     if "IPython" not in sys.modules:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import importlib.util
 import logging
 import os
 import shlex
@@ -20,11 +21,13 @@ from IPython.core.getipython import get_ipython
 from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
+from .gpus import gpu_sets, use_gpus
 from .slurm import Allocation
 from .status import ClusterStatus
 from .watchdog import Watchdog
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
+LOOPBACK = "127.0.0.1"
 
 
 class ClusterError(RuntimeError):
@@ -37,11 +40,18 @@ class ClusterError(RuntimeError):
 
 @dataclass(frozen=True)
 class EnginePlan:
-    """What will run: a launcher, how many engines, and the launcher's traits."""
+    """What will run: a launcher, how many engines, the launcher's traits, and what ipcmagic does
+    on the engines once they run."""
 
     launcher: str
     n: int
     traits: dict[str, Any] = field(default_factory=dict)
+    #: CPUs per engine (also the threads of each dask worker)
+    cpus: int = 1
+    #: GPUs per engine that ipcmagic hands out by CUDA_VISIBLE_DEVICES (srun: Slurm does, then 0)
+    gpus: int = 0
+    #: make the engines a dask.distributed cluster
+    dask: bool = False
 
     @property
     def launcher_class(self) -> type:
@@ -50,13 +60,9 @@ class EnginePlan:
 
 def launcher_class(name: str) -> type:
     """The ipyparallel engine-set launcher class of a launcher name."""
-    from .launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
+    from . import launchers
 
-    if name == "local":
-        from ipyparallel.cluster.launcher import LocalEngineSetLauncher
-
-        return LocalEngineSetLauncher
-    return {"srun": SrunEngineSetLauncher, "mpirun": MpirunEngineSetLauncher}[name]
+    return getattr(launchers, f"{name.capitalize()}EngineSetLauncher")
 
 
 def resolve_launcher(
@@ -82,13 +88,18 @@ def plan_engines(
     launcher: str = "auto",
     n: int | None = None,
     cpus_per_engine: int | None = None,
+    cpu_bind: str = "",
+    gpus_per_engine: int = 0,
     mpi: str | None = None,
+    dask: bool = False,
     launcher_args: str = "",
 ) -> EnginePlan:
     """Turn a user's request into an EnginePlan, or raise UsageError saying what to change."""
     launcher = resolve_launcher(launcher, allocation)
-    if launcher != "srun" and (cpus_per_engine is not None or mpi):
-        raise UsageError("-c/--cpus-per-engine and --mpi apply to the srun launcher only.")
+    if launcher != "srun" and (cpu_bind or mpi):
+        raise UsageError("--cpu-bind and --mpi apply to the srun launcher only.")
+    if launcher == "local" and cpus_per_engine is not None:
+        raise UsageError("-c/--cpus-per-engine applies to the srun and mpirun launchers only.")
     if n is None:
         n = allocation.tasks() if allocation and launcher == "srun" else os.cpu_count() or 1
     if n < 1:
@@ -96,25 +107,31 @@ def plan_engines(
     cpus = 1 if cpus_per_engine is None else cpus_per_engine
     if cpus < 1:
         raise UsageError(f"-c must be at least 1 CPU per engine, not {cpus}.")
+    if gpus_per_engine < 0:
+        raise UsageError(f"--gpus-per-engine must be 0 or more, not {gpus_per_engine}.")
     if launcher == "srun" and n * cpus > allocation.cpus:
         raise UsageError(
             f"{n} engines with {cpus} CPU(s) each need {n * cpus} CPUs, but this allocation has "
             f"{allocation.cpus}; use -n {allocation.cpus // cpus} or fewer, or a larger allocation."
         )
+    if dask and importlib.util.find_spec("distributed") is None:
+        raise UsageError("--dask needs dask.distributed in this kernel: pip install 'ipcmagic[dask]'.")
     try:
         args = shlex.split(launcher_args)
     except ValueError as e:
         raise UsageError(f"--launcher-args {launcher_args!r} is not valid shell syntax: {e}.") from None
     traits: dict[str, Any]
     if launcher == "srun":
-        traits = {"mpi_args": args, "cpus_per_engine": cpus}
+        traits = {"mpi_args": args, "cpus_per_engine": cpus, "cpu_bind": cpu_bind}
+        traits["gpus_per_engine"] = gpus_per_engine
         if mpi:
             traits["mpi"] = mpi
     elif launcher == "mpirun":
-        traits = {"mpi_args": args}
+        traits = {"mpi_args": args, "cpus_per_engine": cpus_per_engine or 0}
     else:
         traits = {"engine_args": args, "delay": 0.0}
-    return EnginePlan(launcher, n, traits)
+    handed_out = 0 if launcher == "srun" else gpus_per_engine
+    return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask)
 
 
 def address_towards(hosts: list[str]) -> str:
@@ -202,6 +219,7 @@ class IPCluster(LoggingConfigurable):
         super().__init__(**kwargs)
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
+        self.dask_client = None  # distributed.Client while the engines are dask workers
         self.watchdog: Watchdog | None = None
         self.roster: dict[int, dict[str, Any]] = {}  # engines as started: id -> row of engines()
         self.plan: EnginePlan | None = None
@@ -218,7 +236,7 @@ class IPCluster(LoggingConfigurable):
         here = {socket.gethostname(), socket.gethostname().split(".")[0]}
         remote = [node for node in allocation.nodes if node not in here] if allocation else []
         if plan.launcher != "srun" or not remote:
-            return "127.0.0.1"
+            return LOOPBACK
         return address_towards(remote)
 
     def start(self, plan: EnginePlan, timeout: int | None = None) -> Any:
@@ -236,7 +254,15 @@ class IPCluster(LoggingConfigurable):
         # the plan's launcher options override the user's config for this start only: a deep copy,
         # because Config.merge shares sections it copies and later merges would change the user's
         config = copy.deepcopy(self.config)
-        traits = {**plan.traits, "engine_args": [*plan.traits.get("engine_args", []), *self._engine_args()]}
+        timeout = timeout or self.timeout
+        controller_ip = self._controller_ip(plan, allocation)
+        # engines on this node can read the connection file, so they start together with the
+        # controller and wait for it; engines elsewhere get the connection info once it exists
+        on_this_node = controller_ip == LOOPBACK
+        engine_args = [*plan.traits.get("engine_args", []), *self._engine_args(timeout)]
+        traits = {**plan.traits, "engine_args": engine_args}
+        if plan.launcher != "local":
+            traits["profile_dir_env"] = on_this_node
         config.merge(Config({plan.launcher_class.__name__: traits}))
         self.cluster = ipp.Cluster(
             config=config,
@@ -244,9 +270,10 @@ class IPCluster(LoggingConfigurable):
             n=plan.n,
             engines=plan.launcher_class,
             profile_dir=tempfile.mkdtemp(prefix="ipcmagic-"),
-            controller_ip=self._controller_ip(plan, allocation),
+            controller_ip=controller_ip,
             controller_args=self._controller_args(),
-            engine_timeout=timeout or self.timeout,
+            send_engines_connection_env=not on_this_node,
+            engine_timeout=timeout,
             delay=0,
             shutdown_atexit=False,
         )
@@ -267,12 +294,26 @@ class IPCluster(LoggingConfigurable):
             view.block = True
             view.activate()
         self._take_roster()
+        if plan.dask:
+            self._start_dask(timeout)
         return self.client
 
-    def _engine_args(self) -> list[str]:
+    def _start_dask(self, timeout: float) -> None:
+        from .daskcluster import start_dask
+
+        try:
+            self.dask_client = start_dask(self.client, self.cluster.controller_ip, self.plan.cpus, timeout)
+        except Exception as e:
+            self.stop()
+            raise ClusterError(
+                f"Making the engines dask workers failed ({type(e).__name__}: {e}); everything "
+                "started was stopped."
+            ) from None
+
+    def _engine_args(self, timeout: float) -> list[str]:
         # engines check the controller's pings every period + 500 ms; without them they exit
         misses = max(1, round(self.heartbeat_tolerance * 1000 / (self.heartbeat_ms + 500)))
-        return [f"--IPEngine.max_heartbeat_misses={misses}"]
+        return [f"--IPEngine.max_heartbeat_misses={misses}", f"--IPEngine.wait_for_url_file={timeout}"]
 
     def _controller_args(self) -> list[str]:
         misses = max(1, round(self.heartbeat_tolerance * 1000 / self.heartbeat_ms))
@@ -286,14 +327,23 @@ class IPCluster(LoggingConfigurable):
     def plan_start(
         self, allocation: Allocation | None, launcher: str | None = None, **request: Any
     ) -> EnginePlan:
-        """Plan a start here: the launcher's command must exist before the allocation is asked."""
+        """Plan a start here: the launcher's command must exist before the allocation is asked,
+        and binding CPUs with mpirun needs Open MPI's options."""
+        from .launchers import is_open_mpi
+
         launcher = resolve_launcher(launcher or self.launcher, allocation)
         command = getattr(launcher_class(launcher)(parent=self), "mpi_cmd", None)
         if command and not shutil.which(command[0]):
             raise UsageError(
                 f"{command[0]} is not on PATH; load it (e.g. module load) or use another launcher."
             )
-        return plan_engines(allocation, launcher=launcher, **request)
+        plan = plan_engines(allocation, launcher=launcher, **request)
+        if plan.traits.get("cpus_per_engine") and launcher == "mpirun" and not is_open_mpi(command):
+            raise UsageError(
+                f"-c binds CPUs with Open MPI's options, but {command[0]} is not Open MPI; pass your "
+                "MPI's own binding options in --launcher-args instead."
+            )
+        return plan
 
     def _launcher_output(self) -> str:
         """What the engine launchers printed, and the controller too if it died."""
@@ -321,10 +371,12 @@ class IPCluster(LoggingConfigurable):
 
     def stop(self) -> None:
         """Stop engines and controller and remove the cluster's files; return when all are gone."""
-        cluster, client, watchdog = self.cluster, self.client, self.watchdog
+        cluster, client, watchdog, dask_client = self.cluster, self.client, self.watchdog, self.dask_client
         if cluster is None:
             return
-        self.cluster = self.client = self.watchdog = None
+        self.cluster = self.client = self.watchdog = self.dask_client = None
+        if dask_client is not None:
+            dask_client.close()
         if client is not None:
             client.close()
         try:
@@ -346,7 +398,13 @@ class IPCluster(LoggingConfigurable):
         if not self.controller_alive():
             raise UsageError("The controller has died; run %ipcluster stop, then %ipcluster start.")
         timeout = timeout or self.timeout
+        stopped = list(self.client.ids)
         self.cluster.stop_engines_sync()
+        for engine_id in stopped:  # as each engine's nanny would, had it outlived its engine:
+            # the controller forgets them now instead of after heartbeat_tolerance
+            self.client.session.send(
+                self.client._query_socket, "unregistration_request", content={"id": engine_id}
+            )
         deadline = time.monotonic() + timeout
         while self.client.ids:  # the controller unregisters the stopped engines
             if time.monotonic() > deadline:
@@ -356,14 +414,26 @@ class IPCluster(LoggingConfigurable):
         self.client.wait_for_engines(self.plan.n, timeout=timeout)
         self.started_at = time.monotonic()
         self._take_roster()
+        if self.dask_client is not None:
+            from .daskcluster import add_workers
+
+            add_workers(self.client, self.dask_client, self.plan.cpus, timeout)
 
     def _take_roster(self) -> None:
-        """Record the engines as started; stop and raise if they are not one MPI world."""
-        self.roster = {row["id"]: row for row in self.engines()}
-        problem = split_worlds(list(self.roster.values()), self.plan.n)
+        """Record the engines as started and hand out the planned GPUs; stop and raise if the
+        engines are not one MPI world or a host has too few GPUs."""
+        rows = self.engines()
+        problem = split_worlds(rows, self.plan.n)
+        try:
+            gpus = gpu_sets(rows, self.plan.gpus) if self.plan.gpus else {}
+        except ValueError as e:
+            problem = problem or str(e)
         if problem:
             self.stop()
             raise ClusterError(problem)
+        for reply in [self.client[i].apply_async(use_gpus, devices) for i, devices in gpus.items()]:
+            reply.get()
+        self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
 
     def lost_engines(self) -> list[dict[str, Any]]:
         """The engines of the last start or restart that are no longer registered."""

@@ -1,25 +1,49 @@
-"""Engine launchers for ipyparallel: one ``srun`` step in the current allocation, or ``mpirun``.
+"""Engine launchers for ipyparallel: one ``srun`` step in the current allocation, ``mpirun``, or
+local processes; all start ``python -m ipcmagic.engine``.
 
-Both are registered under the ``ipyparallel.engine_launchers`` entry point, so
+srun and mpirun are registered under the ``ipyparallel.engine_launchers`` entry point, so
 ``ipyparallel.Cluster(engines="srun")`` works without ipcmagic's magics too.
 """
 
 from __future__ import annotations
 
-from ipyparallel.cluster.launcher import MPIEngineSetLauncher
-from traitlets import Bool, Integer, List, Unicode
+import subprocess
+import sys
+
+from ipyparallel.cluster import launcher
+from traitlets import Bool, HasTraits, Integer, List, Unicode, default
 
 from .slurm import BLOCK
 
 
-class AnyNodeEngineSetLauncher(MPIEngineSetLauncher):
+class NannyFirst(HasTraits):
+    """Engines started as :mod:`ipcmagic.engine`: ipyparallel's engine, its nanny started at once."""
+
+    @default("engine_cmd")
+    def _engine_cmd_default(self) -> list[str]:
+        return [sys.executable, "-m", "ipcmagic.engine"]
+
+
+class LocalEngineSetLauncher(NannyFirst, launcher.LocalEngineSetLauncher):
+    """Engines as processes on the kernel's node."""
+
+
+class AnyNodeEngineSetLauncher(NannyFirst, launcher.MPIEngineSetLauncher):
     """Engines that may start on other nodes, where the kernel's private cluster directory (in
     the node-local ``/tmp``) does not exist: they get the connection info from
     ``$IPP_CONNECTION_INFO`` and use the user's default IPython profile, as ``ipengine`` does."""
 
+    profile_dir_env = Bool(
+        False,
+        config=True,
+        help="Pass $IPP_PROFILE_DIR: for engines that all run on the kernel's node, which then "
+        "read the connection file there and may start before the controller has written it.",
+    )
+
     @property
     def cluster_env(self) -> dict[str, str]:
-        return {k: v for k, v in super().cluster_env.items() if k != "IPP_PROFILE_DIR"}
+        env = super().cluster_env
+        return env if self.profile_dir_env else {k: v for k, v in env.items() if k != "IPP_PROFILE_DIR"}
 
 
 class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
@@ -42,6 +66,10 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         help="Pass --overlap: without it the step waits forever when the kernel runs in a step.",
     )
     cpus_per_engine = Integer(1, config=True, help="CPUs per engine (srun --cpus-per-task).")
+    cpu_bind = Unicode("", config=True, help="srun --cpu-bind, e.g. cores; empty: the site's default.")
+    gpus_per_engine = Integer(
+        0, config=True, help="GPUs per engine (srun --gpus-per-task; Slurm sets CUDA_VISIBLE_DEVICES)."
+    )
 
     @property
     def step_name(self) -> str:
@@ -54,6 +82,10 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
             options.append("--overlap")
         if self.mpi:
             options.append(f"--mpi={self.mpi}")
+        if self.cpu_bind:
+            options.append(f"--cpu-bind={self.cpu_bind}")
+        if self.gpus_per_engine:
+            options.append(f"--gpus-per-task={self.gpus_per_engine}")
         options.append(BLOCK)
         return [*self.mpi_cmd, *options, *self.mpi_args, *self.program, *self.program_args]
 
@@ -63,3 +95,23 @@ class MpirunEngineSetLauncher(AnyNodeEngineSetLauncher):
 
     mpi_cmd = List(["mpirun"], config=True, help="The mpirun command, e.g. a full path.")
     mpi_args = List(config=True, help="Extra mpirun options, e.g. ['--oversubscribe'].")
+    cpus_per_engine = Integer(
+        0,
+        config=True,
+        help="CPUs per engine, each bound to its own cores (Open MPI: --map-by slot:PE=N --bind-to core); "
+        "0: mpirun's default binding.",
+    )
+
+    def find_args(self) -> list[str]:
+        cpus = self.cpus_per_engine
+        binding = ["--map-by", f"slot:PE={cpus}", "--bind-to", "core"] if cpus else []
+        return [*self.mpi_cmd, "-n", str(self.n), *binding, *self.mpi_args, *self.program, *self.program_args]
+
+
+def is_open_mpi(mpirun: list[str]) -> bool:
+    """Whether ``mpirun --version`` says Open MPI (whose binding options ipcmagic knows)."""
+    try:
+        out = subprocess.run([*mpirun, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Open MPI" in out.stdout + out.stderr

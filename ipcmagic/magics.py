@@ -83,7 +83,25 @@ class IPClusterMagics(Magics):
         help="srun (a step in this allocation), mpirun, local; auto (default): srun in an "
         "allocation, else local.",
     )
-    @argument("-c", "--cpus-per-engine", type=int, help="CPUs per engine (srun -c).")
+    @argument(
+        "-c",
+        "--cpus-per-engine",
+        type=int,
+        help="CPUs per engine: srun -c; mpirun (Open MPI) binds each engine to that many cores.",
+    )
+    @argument("--cpu-bind", default="", help="srun --cpu-bind, e.g. cores (default: the site's).")
+    @argument(
+        "--gpus-per-engine",
+        type=int,
+        default=0,
+        help="GPUs per engine: srun --gpus-per-task; mpirun, local: CUDA_VISIBLE_DEVICES by the "
+        "engine's place on its host.",
+    )
+    @argument(
+        "--dask",
+        action="store_true",
+        help="Make the engines a dask.distributed cluster; ipcmagic.dask_client() connects to it.",
+    )
     @argument("--mpi", help="srun --mpi plugin, e.g. pmix or pmi2 (default: the site's MpiDefault).")
     @argument(
         "--timeout",
@@ -103,10 +121,12 @@ class IPClusterMagics(Magics):
         ``%ipcluster start -n 4`` starts a controller and 4 engines: an ``srun --overlap`` job step
         inside the current Slurm allocation (engine id == MPI rank), ``mpirun``, or local processes.
         It returns once all engines are registered; then ``%px``, ``%%px`` and ``%autopx`` run on
-        them, and ``ipcmagic.client()`` gives the ipyparallel Client. ``%ipcluster status`` shows
-        each engine (alive or gone, MPI rank, host, pid), ``%ipcluster restart`` starts the engines
-        anew, ``%ipcluster stop`` stops everything. Each kernel has its own cluster; it is stopped
-        when the kernel exits, and by a watchdog when the kernel is killed.
+        them, and ``ipcmagic.client()`` gives the ipyparallel Client; with ``--dask`` they are also
+        dask.distributed workers and ``ipcmagic.dask_client()`` gives a dask Client.
+        ``%ipcluster status`` shows each engine (alive or gone, MPI rank, host, pid, CPUs, GPUs),
+        ``%ipcluster restart`` starts the engines anew, ``%ipcluster stop`` stops everything. Each
+        kernel has its own cluster; it is stopped when the kernel exits, and by a watchdog when the
+        kernel is killed.
         """
         args = _parse(self.ipcluster, line)
         if args.version:
@@ -122,7 +142,10 @@ class IPClusterMagics(Magics):
             launcher=args.launcher,
             n=args.n,
             cpus_per_engine=args.cpus_per_engine,
+            cpu_bind=args.cpu_bind,
+            gpus_per_engine=args.gpus_per_engine,
             mpi=args.mpi,
+            dask=args.dask,
             launcher_args=args.launcher_args,
         )
         tic = time.perf_counter()
@@ -131,6 +154,13 @@ class IPClusterMagics(Magics):
             f"{plan.n} {plan.launcher} engines ready in {time.perf_counter() - tic:.1f} s; "
             "%%px runs cells on them."
         )
+        self._describe_dask()
+
+    def _describe_dask(self) -> None:
+        if self.cluster.dask_client is not None:
+            from .daskcluster import describe
+
+            print(describe(self.cluster.dask_client))
 
     def _stop(self, args) -> None:
         if not self.cluster.running:
@@ -143,12 +173,14 @@ class IPClusterMagics(Magics):
         tic = time.perf_counter()
         self.cluster.restart(timeout=args.timeout)
         print(f"{self.cluster.plan.n} engines restarted in {time.perf_counter() - tic:.1f} s.")
+        self._describe_dask()
 
     def _status(self, args) -> None:
         if not self.cluster.running:
             print("No cluster is running.")
             return
         display(self.cluster.status())
+        self._describe_dask()
 
     @magic_arguments()
     @argument("name", help="Variable holding the AsyncResult, e.g. from %%px --noblock -o NAME.")

@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOCATION_TASKS = 8
 #: the 2-node lab (SLURMLAB_NODES=2 dev/slurmlab start): nodes n1, n2 with private /tmp each
 TWO_NODE_LAB = Path(os.environ.get("SLURMLAB_2N", "/var/tmp/slurmlab-ipcmagic-2n"))
+#: engines (ipcmagic.engine) and their nannies (ipyparallel.engine.nanny)
+ENGINE = re.compile(r"(ipcmagic|ipyparallel)\.engine|ipengine")
 OUR_PROCESS = re.compile(
-    r"ipyparallel\.(engine|controller)|ipengine|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"
+    rf"{ENGINE.pattern}|ipyparallel\.controller|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"
 )
 
 
@@ -44,6 +46,10 @@ def our_processes() -> list[str]:
         if proc.info["status"] != psutil.STATUS_ZOMBIE and OUR_PROCESS.search(cmdline):
             found.append(f"{proc.info['pid']} {cmdline}")
     return found
+
+
+def engine_processes() -> list[str]:
+    return [p for p in our_processes() if ENGINE.search(p)]
 
 
 def two_node_lab_up() -> bool:

@@ -13,6 +13,7 @@ from IPython.core.error import UsageError
 import ipcmagic
 from ipcmagic.cluster import ClusterError
 from ipcmagic.status import cpu_ranges
+from tests.conftest import engine_processes
 
 
 def ranks(rc) -> list[int]:
@@ -221,4 +222,15 @@ def test_pxwatch_follows_work_started_without_blocking(ip, in_allocation, capsys
     ip.user_ns["number"] = 1
     with pytest.raises(UsageError, match="'number' is not a parallel result"):
         ip.run_line_magic("pxwatch", "number")
+    ip.run_line_magic("ipcluster", "stop")
+
+
+@pytest.mark.parametrize("nanny", [True, False])
+def test_engines_start_with_their_nanny_or_without(ip, outside_slurm, nanny):
+    """ipcmagic.engine starts the nanny with the engine; an engine without one stops it again."""
+    ip.run_line_magic("ipcluster", f"start -n 1 --launcher-args=--IPEngine.enable_nanny={nanny}")
+    nannies = [p for p in engine_processes() if "ipyparallel.engine.nanny" in p]
+    assert len(nannies) == (1 if nanny else 0), nannies
+    pid = ipcmagic.client()[0].apply_sync(os.getpid)
+    assert [p for p in engine_processes() if "ipcmagic.engine" in p][0].startswith(f"{pid} ")
     ip.run_line_magic("ipcluster", "stop")

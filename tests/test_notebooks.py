@@ -29,6 +29,7 @@ def run_nbval(cmd: list[str], env: dict[str, str] | None = None) -> None:
         "examples/mpi4py.ipynb",
         "examples/torchrun.ipynb",
         "examples/torchrun_ddp.ipynb",
+        "examples/dask.ipynb",
     ],
 )
 def test_notebook_as_a_job_step(slurm, nothing_left, notebook):

@@ -6,6 +6,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from ipcmagic.cluster import ClusterError, EnginePlan, _row, address_towards, plan_engines, split_worlds
+from ipcmagic.gpus import gpu_sets
 from ipcmagic.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
 from ipcmagic.slurm import Allocation
 from ipcmagic.status import cpu_ranges
@@ -24,9 +25,7 @@ def test_auto_is_srun_inside_an_allocation_with_its_task_count():
     assert (plan.launcher, plan.n) == ("srun", 6)
     args = launcher_args(plan)
     assert args[:6] == ["srun", "-n", "6", "--cpus-per-task=1", "--job-name=ipcmagic-abc", "--overlap"]
-    assert (
-        args[6:10] == ["--distribution=block", sys.executable, "-m", "ipyparallel.engine"] and "--mpi" in args
-    )
+    assert args[6:10] == ["--distribution=block", sys.executable, "-m", "ipcmagic.engine"] and "--mpi" in args
 
 
 def test_auto_is_local_outside_slurm():
@@ -79,7 +78,7 @@ def test_local_plan_passes_args_to_the_engines():
         (ALLOC, {"n": 1, "cpus_per_engine": -2}, "at least 1 CPU"),
         (ALLOC, {"launcher": "slurm"}, "Unknown launcher 'slurm'"),
         (None, {"launcher": "srun", "n": 2}, "needs a Slurm allocation"),
-        (None, {"launcher": "local", "n": 2, "cpus_per_engine": 2}, "srun launcher only"),
+        (None, {"launcher": "local", "n": 2, "cpus_per_engine": 2}, "srun and mpirun launchers only"),
         (None, {"launcher": "mpirun", "n": 2, "mpi": "pmix"}, "srun launcher only"),
         (ALLOC, {"n": 2, "launcher_args": "'unclosed"}, "not valid shell syntax"),
     ],
@@ -123,3 +122,45 @@ def test_address_towards():
 def test_cpu_ranges():
     assert cpu_ranges({0, 1, 2, 3, 8, 10, 11}) == "0-3,8,10-11"
     assert cpu_ranges({5}) == "5" and cpu_ranges(set()) == ""
+
+
+def test_binding_options_reach_srun():
+    args = launcher_args(plan_engines(ALLOC, n=2, cpu_bind="cores", gpus_per_engine=2))
+    assert args[6:9] == ["--cpu-bind=cores", "--gpus-per-task=2", "--distribution=block"]
+    assert plan_engines(ALLOC, n=2, gpus_per_engine=2).gpus == 0, "Slurm hands the GPUs out"
+
+
+def test_mpirun_binds_cores_for_cpus_per_engine():
+    args = launcher_args(plan_engines(None, launcher="mpirun", n=2, cpus_per_engine=4))
+    assert args[:7] == ["mpirun", "-n", "2", "--map-by", "slot:PE=4", "--bind-to", "core"]
+    assert "--map-by" not in launcher_args(plan_engines(None, launcher="mpirun", n=2))
+
+
+@pytest.mark.parametrize("launcher", ["mpirun", "local"])
+def test_ipcmagic_hands_out_gpus_without_slurm(launcher):
+    assert plan_engines(None, launcher=launcher, n=2, gpus_per_engine=3).gpus == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"launcher": "local", "cpus_per_engine": 2}, "srun and mpirun launchers only"),
+        ({"launcher": "mpirun", "cpu_bind": "cores"}, "srun launcher only"),
+        ({"launcher": "local", "gpus_per_engine": -1}, "0 or more"),
+    ],
+)
+def test_bad_binding_requests(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        plan_engines(None, n=2, **kwargs)
+
+
+def test_gpu_sets_by_place_on_each_host():
+    def row(i, host, gpus=""):
+        return _row(i, "alive", host=host, gpus=gpus)
+
+    rows = [row(0, "a"), row(1, "a"), row(2, "b"), row(3, "b")]
+    assert gpu_sets(rows, 1) == {0: "0", 1: "1", 2: "0", 3: "1"}
+    assert gpu_sets(rows[::-1], 2) == {0: "0,1", 1: "2,3", 2: "0,1", 3: "2,3"}, "by engine id"
+    assert gpu_sets([row(0, "a", "4,6"), row(1, "a", "4,6")], 1) == {0: "4", 1: "6"}
+    with pytest.raises(ValueError, match="2 engines on a need 4 GPUs, but CUDA_VISIBLE_DEVICES there"):
+        gpu_sets([row(0, "a", "4,6"), row(1, "a", "4,6")], 2)

@@ -19,7 +19,7 @@ from jupyter_client.manager import start_new_kernel
 import ipcmagic
 from ipcmagic.bounded import ParallelTimeout
 from ipcmagic.cluster import ClusterError
-from tests.conftest import our_processes
+from tests.conftest import engine_processes
 
 LAUNCHERS = {  # launcher -> (where the kernel runs, extra start options)
     "local": ("outside_slurm", ""),
@@ -41,7 +41,7 @@ def kernel_with_cluster(request, nothing_left):
             f"%load_ext ipcmagic\n%ipcluster start -n 2 --launcher {request.param} {options}", timeout=120
         )
         assert reply["content"]["status"] == "ok", reply["content"]
-        assert any("ipyparallel.engine" in p for p in our_processes())
+        assert engine_processes()
         yield km
     finally:
         kc.stop_channels()
@@ -178,9 +178,9 @@ def test_controller_death(ip, in_allocation, capsys):
     ip.run_line_magic("ipcluster", "status")
     assert "The controller has died" in capsys.readouterr().out
     deadline = time.monotonic() + 30  # engines miss the controller's pings for 10 s and exit
-    while any("ipyparallel.engine" in p for p in our_processes()) and time.monotonic() < deadline:
+    while engine_processes() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any("ipyparallel.engine" in p for p in our_processes())
+    assert not engine_processes()
     with pytest.raises(UsageError, match="controller has died"):
         ip.run_line_magic("ipcluster", "restart")
     ip.run_line_magic("ipcluster", "stop")

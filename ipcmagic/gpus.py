@@ -1,0 +1,36 @@
+"""GPUs for engines that Slurm does not hand out (mpirun, local): CUDA_VISIBLE_DEVICES by the
+engine's place among the engines of its host."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+
+def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
+    """CUDA_VISIBLE_DEVICES for each engine in ``rows`` (``id``, ``host``, ``gpus``): the engines
+    of one host, in id order, take ``per_engine`` devices each out of those they see (their
+    CUDA_VISIBLE_DEVICES, else 0, 1, ...). ValueError when a host has too few."""
+    by_host: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(rows, key=lambda row: row["id"]):
+        by_host[row["host"]].append(row)
+    sets = {}
+    for host, engines in by_host.items():
+        for local_rank, row in enumerate(engines):
+            seen = row["gpus"].split(",") if row["gpus"] else None
+            first, end = local_rank * per_engine, (local_rank + 1) * per_engine
+            if seen is not None and end > len(seen):
+                raise ValueError(
+                    f"{len(engines)} engines on {host} need {len(engines) * per_engine} GPUs, but "
+                    f"CUDA_VISIBLE_DEVICES there lists {len(seen)} ({row['gpus']}); use fewer "
+                    "engines or --gpus-per-engine."
+                )
+            sets[row["id"]] = ",".join(seen[first:end] if seen else map(str, range(first, end)))
+    return sets
+
+
+def use_gpus(devices: str) -> None:
+    """Runs on an engine, before anything there initialised CUDA: see only ``devices``."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
