@@ -122,8 +122,12 @@ def plan_engines(
         raise UsageError(f"--launcher-args {launcher_args!r} is not valid shell syntax: {e}.") from None
     traits: dict[str, Any]
     if launcher == "srun":
-        traits = {"mpi_args": args, "cpus_per_engine": cpus, "cpu_bind": cpu_bind}
-        traits["gpus_per_engine"] = gpus_per_engine
+        traits = {
+            "mpi_args": args,
+            "cpus_per_engine": cpus,
+            "cpu_bind": cpu_bind,
+            "gpus_per_engine": gpus_per_engine,
+        }
         if mpi:
             traits["mpi"] = mpi
     elif launcher == "mpirun":
@@ -338,7 +342,7 @@ class IPCluster(LoggingConfigurable):
                 f"{command[0]} is not on PATH; load it (e.g. module load) or use another launcher."
             )
         plan = plan_engines(allocation, launcher=launcher, **request)
-        if plan.traits.get("cpus_per_engine") and launcher == "mpirun" and not is_open_mpi(command):
+        if launcher == "mpirun" and plan.traits["cpus_per_engine"] and not is_open_mpi(command):
             raise UsageError(
                 f"-c binds CPUs with Open MPI's options, but {command[0]} is not Open MPI; pass your "
                 "MPI's own binding options in --launcher-args instead."
