@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
@@ -25,6 +25,9 @@ from .gpus import gpu_sets, use_gpus
 from .slurm import Allocation
 from .status import ClusterStatus
 from .watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from .replies import Plain
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
 LOOPBACK = "127.0.0.1"
@@ -153,26 +156,29 @@ def address_towards(hosts: list[str]) -> str:
     )
 
 
-def _engine_info() -> dict[str, Any]:
+def _engine_info() -> Plain:
     """Runs on an engine: its MPI rank and world size (None without MPI), host, pid, CPU
-    affinity, CUDA_VISIBLE_DEVICES and Slurm step."""
+    affinity, CUDA_VISIBLE_DEVICES and Slurm step, as a dict."""
     import os
     import socket
     import sys
 
+    from ipcmagic.replies import Plain
     from ipcmagic.status import cpu_ranges
 
     world = sys.modules["mpi4py.MPI"].COMM_WORLD if "mpi4py.MPI" in sys.modules else None
     job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
-    return {
-        "rank": world.Get_rank() if world else None,
-        "size": world.Get_size() if world else None,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "cpus": cpu_ranges(os.sched_getaffinity(0)),
-        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "step": f"{job}.{step}" if job and step else None,
-    }
+    return Plain(
+        {
+            "rank": world.Get_rank() if world else None,
+            "size": world.Get_size() if world else None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cpus": cpu_ranges(os.sched_getaffinity(0)),
+            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "step": f"{job}.{step}" if job and step else None,
+        }
+    )
 
 
 def split_worlds(rows: list[dict[str, Any]], n: int) -> str | None:

@@ -4,7 +4,10 @@ engine's place among the engines of its host."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .replies import Plain
 
 
 def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
@@ -29,8 +32,11 @@ def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
     return sets
 
 
-def use_gpus(devices: str) -> None:
+def use_gpus(devices: str) -> Plain:
     """Runs on an engine, before anything there initialised CUDA: see only ``devices``."""
     import os
 
+    from ipcmagic.replies import Plain
+
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    return Plain(None)

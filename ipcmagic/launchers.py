@@ -16,19 +16,19 @@ from traitlets import Bool, HasTraits, Integer, List, Unicode, default
 from .slurm import BLOCK
 
 
-class NannyFirst(HasTraits):
-    """Engines started as :mod:`ipcmagic.engine`: ipyparallel's engine, its nanny started at once."""
+class IpcmagicEngines(HasTraits):
+    """Engines started as :mod:`ipcmagic.engine`: ipyparallel's engine, lighter to start."""
 
     @default("engine_cmd")
     def _engine_cmd_default(self) -> list[str]:
         return [sys.executable, "-m", "ipcmagic.engine"]
 
 
-class LocalEngineSetLauncher(NannyFirst, launcher.LocalEngineSetLauncher):
+class LocalEngineSetLauncher(IpcmagicEngines, launcher.LocalEngineSetLauncher):
     """Engines as processes on the kernel's node."""
 
 
-class AnyNodeEngineSetLauncher(NannyFirst, launcher.MPIEngineSetLauncher):
+class AnyNodeEngineSetLauncher(IpcmagicEngines, launcher.MPIEngineSetLauncher):
     """Engines that may start on other nodes, where the kernel's private cluster directory (in
     the node-local ``/tmp``) does not exist: they get the connection info from
     ``$IPP_CONNECTION_INFO`` and use the user's default IPython profile, as ``ipengine`` does."""

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOCATION_TASKS = 8
 #: the 2-node lab (SLURMLAB_NODES=2 dev/slurmlab start): nodes n1, n2 with private /tmp each
 TWO_NODE_LAB = Path(os.environ.get("SLURMLAB_2N", "/var/tmp/slurmlab-ipcmagic-2n"))
-#: engines (ipcmagic.engine) and their nannies (ipyparallel.engine.nanny)
+#: engines (ipcmagic.engine, the nanny forked from each too, or ipyparallel's)
 ENGINE = re.compile(r"(ipcmagic|ipyparallel)\.engine|ipengine")
 OUR_PROCESS = re.compile(
     rf"{ENGINE.pattern}|ipyparallel\.controller|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"

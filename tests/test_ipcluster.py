@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from IPython.core.error import UsageError
 
 import ipcmagic
 from ipcmagic.cluster import ClusterError
 from ipcmagic.status import cpu_ranges
-from tests.conftest import engine_processes
 
 
 def ranks(rc) -> list[int]:
@@ -226,11 +226,26 @@ def test_pxwatch_follows_work_started_without_blocking(ip, in_allocation, capsys
 
 
 @pytest.mark.parametrize("nanny", [True, False])
-def test_engines_start_with_their_nanny_or_without(ip, outside_slurm, nanny):
-    """ipcmagic.engine starts the nanny with the engine; an engine without one stops it again."""
+def test_engines_fork_their_nanny_or_none(ip, outside_slurm, nanny):
+    """ipcmagic.engine forks the nanny at start; an engine without one ends it again."""
     ip.run_line_magic("ipcluster", f"start -n 1 --launcher-args=--IPEngine.enable_nanny={nanny}")
-    nannies = [p for p in engine_processes() if "ipyparallel.engine.nanny" in p]
+    engine = psutil.Process(ipcmagic.client()[0].apply_sync(os.getpid))
+    assert "ipcmagic.engine" in " ".join(engine.cmdline())
+    nannies = engine.children()
     assert len(nannies) == (1 if nanny else 0), nannies
-    pid = ipcmagic.client()[0].apply_sync(os.getpid)
-    assert [p for p in engine_processes() if "ipcmagic.engine" in p][0].startswith(f"{pid} ")
+    if nanny:  # its own session: a signal to the engine's process group passes it by
+        assert os.getsid(nannies[0].pid) == nannies[0].pid != os.getsid(engine.pid)
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_engines_start_without_numpy_or_debugpy(ip, in_allocation, capsys):
+    """Engines import neither numpy (ipyparallel's canning of ipcmagic's questions would) nor
+    debugpy (ipykernel's debugger would) to start and answer status; user code has both."""
+    ip.run_line_magic("ipcluster", "start -n 2")
+    ip.run_line_magic("ipcluster", "status")
+    rc = ipcmagic.client()
+    rc[:].execute("import sys; heavy = sorted({'numpy', 'debugpy'} & set(sys.modules))", block=True)
+    assert rc[:].pull("heavy", block=True) == [[], []]
+    rc[:].execute("import debugpy, numpy; a = numpy.arange(3)", block=True)
+    assert [a.tolist() for a in rc[:].pull("a", block=True)] == [[0, 1, 2]] * 2
     ip.run_line_magic("ipcluster", "stop")
