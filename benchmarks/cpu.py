@@ -44,7 +44,7 @@ def start_cpu() -> dict[str, float]:
     kernel = time.process_time() - kernel
     engine = psutil.Process(cluster.roster[0]["pid"])
     controller = next(
-        p for p in psutil.Process().children() if "ipyparallel.controller" in " ".join(p.cmdline())
+        p for p in psutil.Process().children() if "ipcmagic.controller" in " ".join(p.cmdline())
     )
     row = {
         "floor process": floor_cpu(),

@@ -253,6 +253,8 @@ class IPCluster(LoggingConfigurable):
         """Start a controller and the planned engines; return the connected Client."""
         import ipyparallel as ipp
 
+        from .launchers import LocalControllerLauncher
+
         if self.running:
             raise UsageError(
                 f"A cluster with {self.plan.n} {self.plan.launcher} engines is already running; "
@@ -278,6 +280,7 @@ class IPCluster(LoggingConfigurable):
             config=config,
             log=log,
             n=plan.n,
+            controller=LocalControllerLauncher,
             engines=plan.launcher_class,
             profile_dir=tempfile.mkdtemp(prefix="ipcmagic-"),
             controller_ip=controller_ip,

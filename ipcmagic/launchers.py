@@ -1,5 +1,6 @@
-"""Engine launchers for ipyparallel: one ``srun`` step in the current allocation, ``mpirun``, or
-local processes; all start ``python -m ipcmagic.engine``.
+"""Launchers for ipyparallel: engines as one ``srun`` step in the current allocation, with
+``mpirun``, or as local processes, all ``python -m ipcmagic.engine``; the controller as
+``python -m ipcmagic.controller``.
 
 srun and mpirun are registered under the ``ipyparallel.engine_launchers`` entry point, so
 ``ipyparallel.Cluster(engines="srun")`` works without ipcmagic's magics too.
@@ -14,6 +15,14 @@ from ipyparallel.cluster import launcher
 from traitlets import Bool, HasTraits, Integer, List, Unicode, default
 
 from .slurm import BLOCK
+
+
+class LocalControllerLauncher(launcher.LocalControllerLauncher):
+    """The controller on the kernel's node, as :mod:`ipcmagic.controller`."""
+
+    @default("controller_cmd")
+    def _controller_cmd_default(self) -> list[str]:
+        return [sys.executable, "-m", "ipcmagic.controller"]
 
 
 class IpcmagicEngines(HasTraits):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import select
 import shutil
 import signal
@@ -26,6 +27,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+#: the command line of a controller: ipcmagic's, or ipyparallel's where a site configured that
+CONTROLLER = re.compile(rb"(ipcmagic|ipyparallel)\.controller")
 
 
 class Watchdog:
@@ -101,9 +105,7 @@ def clean_up(cluster_id: str, directory: str, job_id: str | None, grace: float =
 
 def _reap_orphaned_controller(cluster_id: str, kernel: int) -> None:
     """If the controller died, end the helper processes it leaves, so engines stop getting pings."""
-    controller = [
-        pid for pid in _cluster_pids(cluster_id) if b"ipyparallel.controller" in _read(pid, "cmdline")
-    ]
+    controller = [pid for pid in _cluster_pids(cluster_id) if CONTROLLER.search(_read(pid, "cmdline"))]
     parents = [_parent(pid) for pid in controller]
     if any(parent not in (None, kernel, *controller) for parent in parents):
         _signal_all(controller, signal.SIGKILL)

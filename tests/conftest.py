@@ -26,7 +26,7 @@ TWO_NODE_LAB = Path(os.environ.get("SLURMLAB_2N", "/var/tmp/slurmlab-ipcmagic-2n
 #: engines (ipcmagic.engine, the nanny forked from each too, or ipyparallel's)
 ENGINE = re.compile(r"(ipcmagic|ipyparallel)\.engine|ipengine")
 OUR_PROCESS = re.compile(
-    rf"{ENGINE.pattern}|ipyparallel\.controller|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"
+    rf"{ENGINE.pattern}|(ipcmagic|ipyparallel)\.controller|ipcontroller|--job-name=ipcmagic-|torch\.distributed\.run|torchrun-task"
 )
 
 

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 import ipcmagic
 from ipcmagic.cluster import ClusterError
 from ipcmagic.status import cpu_ranges
+from tests.conftest import our_processes
 
 
 def ranks(rc) -> list[int]:
@@ -139,6 +140,18 @@ def test_start_options_never_change_the_users_config(ip, in_allocation):
         ip.run_line_magic("ipcluster", "stop")
     finally:
         del ip.config.SrunEngineSetLauncher["mpi_args"]
+
+
+@pytest.mark.parametrize("program", ["ipcmagic.controller", "ipyparallel.controller"])
+def test_controller_program_is_ipcmagics_unless_configured(ip, outside_slurm, program):
+    if program != "ipcmagic.controller":  # as a site's ipython_config.py would
+        ip.config.LocalControllerLauncher.controller_cmd = [sys.executable, "-m", program]
+    try:
+        ip.run_line_magic("ipcluster", "start -n 1")
+        assert [p for p in our_processes() if f" -m {program} " in p], our_processes()
+        ip.run_line_magic("ipcluster", "stop")
+    finally:
+        ip.config.LocalControllerLauncher.pop("controller_cmd", None)
 
 
 def test_start_twice_and_stop_twice(ip, outside_slurm, capsys):
