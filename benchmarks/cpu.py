@@ -47,7 +47,6 @@ def start_cpu() -> dict[str, float]:
         p for p in psutil.Process().children() if "ipcmagic.controller" in " ".join(p.cmdline())
     )
     row = {
-        "floor process": floor_cpu(),
         "engine": cpu_seconds(engine),
         "its nanny": sum(cpu_seconds(p) for p in engine.children()),
         "controller": cpu_seconds(controller),
@@ -64,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if Allocation.from_env() is None:
         parser.error("run me inside a Slurm allocation (see the module docstring)")
-    rows = [start_cpu() for _ in range(args.repeat)]
+    rows = [{"floor process": floor_cpu(), **start_cpu()} for _ in range(args.repeat)]
     cores = psutil.cpu_count()
     print(f"{cores} cores; CPU seconds per process of a one-engine start, medians of {args.repeat} (min-max)")
     median = {}
