@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -195,6 +196,33 @@ def split_worlds(rows: list[dict[str, Any]], n: int) -> str | None:
     )
 
 
+#: the engine's log line when it looks for a connection file that is not there
+_NO_CONNECTION_FILE = re.compile(r"Connection file '[^']*' not found")
+
+
+def _start_failure(plan: EnginePlan, error: BaseException, output: str, ready: int, timeout: float) -> str:
+    """The message of a failed start: the real cause where it shows, with the launcher's output."""
+    from ipyparallel.error import EngineError
+
+    if isinstance(error, TimeoutError) and _NO_CONNECTION_FILE.search(output):
+        reason = (
+            "the engines did not receive ipcmagic's environment: they looked for ipyparallel's "
+            "default connection file instead of this cluster's. Something between the kernel and the "
+            "engines dropped their environment (an srun --export list in --launcher-args, or a "
+            "container or wrapper that starts from a clean environment); waiting longer will not help"
+        )
+    elif isinstance(error, TimeoutError):
+        told = "see the launcher's output below" if output else "the launcher printed nothing"
+        reason = f"{ready} of {plan.n} engines registered within {timeout} s; {told}"
+        reason += "" if ready or output else " (if they are still starting, raise --timeout)"
+    elif isinstance(error, EngineError):
+        reason = f"the {plan.launcher} launcher exited before all engines registered"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    message = f"Starting {plan.n} {plan.launcher} engines failed: {reason}. Everything started was stopped."
+    return "\n".join([message, *output.splitlines()[-40:]])
+
+
 class IPCluster(LoggingConfigurable):
     """The ipyparallel cluster of one kernel: its own cluster id, profile directory and engines.
 
@@ -251,9 +279,8 @@ class IPCluster(LoggingConfigurable):
 
     def start(self, plan: EnginePlan, timeout: int | None = None) -> Any:
         """Start a controller and the planned engines; return the connected Client."""
-        import ipyparallel as ipp
-
-        from .launchers import LocalControllerLauncher
+        from .launchers import LocalControllerLauncher, step_name
+        from .starting import Cluster
 
         if self.running:
             raise UsageError(
@@ -276,7 +303,7 @@ class IPCluster(LoggingConfigurable):
         if plan.launcher != "local":
             traits["profile_dir_env"] = on_this_node
         config.merge(Config({plan.launcher_class.__name__: traits}))
-        self.cluster = ipp.Cluster(
+        self.cluster = Cluster(
             config=config,
             log=log,
             n=plan.n,
@@ -290,18 +317,23 @@ class IPCluster(LoggingConfigurable):
             delay=0,
             shutdown_atexit=False,
         )
+        cluster_id = self.cluster.cluster_id
         self.watchdog = Watchdog(
-            self.cluster.cluster_id, self.cluster.profile_dir, allocation.job_id if allocation else None
+            f"IPP_CLUSTER_ID={cluster_id}",
+            self.cluster.profile_dir,
+            allocation.job_id if allocation else None,
+            step_name(cluster_id),
         )
         self.plan, self.started_at = plan, time.monotonic()
         try:
-            self.client = self.cluster.start_and_connect_sync()
+            self.client = self.cluster.start_and_wait_sync(plan.n, timeout)
         except BaseException as e:
-            output = self._launcher_output()
+            self.client = self.cluster.client
+            output, ready = self._launcher_output(), len(self.client.ids) if self.client else 0
             self.stop()
             if isinstance(e, KeyboardInterrupt):
                 raise
-            raise ClusterError(self._start_failure(plan, e, output)) from None
+            raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
         if get_ipython() is not None:  # %px, %%px, %autopx, %pxresult
             view = self.client[:]
             view.block = True
@@ -365,22 +397,6 @@ class IPCluster(LoggingConfigurable):
         if controller is not None and controller.state == "after":
             launchers.append(controller)
         return "\n".join(out.strip() for out in (la.get_output() for la in launchers) if out.strip())
-
-    @staticmethod
-    def _start_failure(plan: EnginePlan, error: BaseException, output: str) -> str:
-        from ipyparallel.error import EngineError
-
-        if isinstance(error, TimeoutError):
-            reason = "not all engines registered in time; raise --timeout or read the output below"
-        elif isinstance(error, EngineError):
-            reason = f"the {plan.launcher} launcher exited before all engines registered"
-        else:
-            reason = f"{type(error).__name__}: {error}"
-        message = (
-            f"Starting {plan.n} {plan.launcher} engines failed: {reason}. Everything started was stopped."
-        )
-        lines = output.splitlines()[-40:]
-        return "\n".join([message, *lines])
 
     def stop(self) -> None:
         """Stop engines and controller and remove the cluster's files; return when all are gone."""

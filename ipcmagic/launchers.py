@@ -8,13 +8,19 @@ srun and mpirun are registered under the ``ipyparallel.engine_launchers`` entry 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from ipyparallel.cluster import launcher
 from traitlets import Bool, HasTraits, Integer, List, Unicode, default
 
-from .slurm import BLOCK
+from .slurm import BLOCK, without_foreign_step_vars
+
+
+def step_name(cluster_id: str) -> str:
+    """The name of a cluster's Slurm job step, so ``squeue --steps`` shows whose it is."""
+    return f"ipcmagic-{cluster_id}"
 
 
 class LocalControllerLauncher(launcher.LocalControllerLauncher):
@@ -59,7 +65,8 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
     """Engines as MPI ranks of one ``srun`` job step inside the current Slurm allocation.
 
     Never a new job: the step runs in the allocation of ``$SLURM_JOB_ID``. The step is named
-    ``ipcmagic-<cluster id>`` so ``squeue --steps`` shows whose it is.
+    ``ipcmagic-<cluster id>`` so ``squeue --steps`` shows whose it is. srun inherits the kernel's
+    environment less the variables another step left there (:data:`~ipcmagic.slurm.FOREIGN_STEP_VARS`).
     """
 
     mpi_cmd = List(["srun"], config=True, help="The srun command, e.g. a full path.")
@@ -80,13 +87,9 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         0, config=True, help="GPUs per engine (srun --gpus-per-task; Slurm sets CUDA_VISIBLE_DEVICES)."
     )
 
-    @property
-    def step_name(self) -> str:
-        return f"ipcmagic-{self.cluster_id}"
-
     def find_args(self) -> list[str]:
         options = ["-n", str(self.n), f"--cpus-per-task={self.cpus_per_engine}"]
-        options.append(f"--job-name={self.step_name}")
+        options.append(f"--job-name={step_name(self.cluster_id)}")
         if self.overlap:
             options.append("--overlap")
         if self.mpi:
@@ -96,7 +99,8 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         if self.gpus_per_engine:
             options.append(f"--gpus-per-task={self.gpus_per_engine}")
         options.append(BLOCK)
-        return [*self.mpi_cmd, *options, *self.mpi_args, *self.program, *self.program_args]
+        srun = [*without_foreign_step_vars(os.environ), *self.mpi_cmd]
+        return [*srun, *options, *self.mpi_args, *self.program, *self.program_args]
 
 
 class MpirunEngineSetLauncher(AnyNodeEngineSetLauncher):

@@ -17,6 +17,44 @@ _BRACKET = re.compile(r"\[([^\]]*)\]")
 BLOCK = "--distribution=block"
 
 
+#: srun's input variables (srun(1), INPUT ENVIRONMENT VARIABLES) that would shape ipcmagic's steps
+#: after another step: the job's batch script leaves them (batchspawner's ``--export={{keepvars}}``
+#: sets SLURM_EXPORT_ENV, which makes every srun export only that list), and so does the kernel's
+#: own step (its CPU mask, task counts, GPUs). ipcmagic's steps get their shape from ipcmagic's
+#: options alone; what names the allocation (SLURM_JOB_ID, SLURM_CONF, SLURM_JOB_NUM_NODES) and
+#: site policy (SLURM_MPI_TYPE, SRUN_CONTAINER, SLURM_ACCOUNT, ...) still reach srun.
+FOREIGN_STEP_VARS = frozenset(
+    {
+        # what the tasks get: only the listed variables, the output in files, stdin from a file
+        *("SLURM_EXPORT_ENV", "SRUN_EXPORT_ENV", "SLURM_STDOUTMODE", "SLURM_STDERRMODE"),
+        *("SLURM_STDINMODE", "SLURM_OPEN_MODE", "SLURM_LABELIO", "SLURM_WORKING_DIR"),
+        # the step's shape and placement
+        *("SLURM_NTASKS", "SLURM_NPROCS", "SLURM_NNODES", "SLURM_CPUS_PER_TASK", "SRUN_CPUS_PER_TASK"),
+        *("SLURM_NTASKS_PER_NODE", "SLURM_NTASKS_PER_SOCKET", "SLURM_NTASKS_PER_CORE"),
+        *("SLURM_DISTRIBUTION", "SLURM_DIST_PLANESIZE", "SLURM_SPREAD_JOB", "SLURM_EXCLUSIVE"),
+        *("SLURM_EXACT", "SLURM_THREADS_PER_CORE", "SLURM_HINT"),
+        # binding
+        *("SLURM_CPU_BIND", "SLURM_MEM_BIND", "SLURM_GPU_BIND"),
+        # memory and GPUs: a step without them may use what the job has on its nodes
+        *("SLURM_MEM_PER_CPU", "SLURM_MEM_PER_NODE", "SLURM_MEM_PER_GPU", "SLURM_GPUS", "SLURM_GRES"),
+        *("SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK", "SLURM_CPUS_PER_GPU", "SLURM_NTASKS_PER_GPU"),
+        *("SLURM_STEP_GRES", "SLURM_TRES_PER_TASK"),
+    }
+)
+
+
+def step_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for an srun that starts one of ipcmagic's steps: without :data:`FOREIGN_STEP_VARS`."""
+    return {name: value for name, value in env.items() if name not in FOREIGN_STEP_VARS}
+
+
+def without_foreign_step_vars(env: Mapping[str, str]) -> list[str]:
+    """An ``env -u NAME ...`` prefix that drops the :data:`FOREIGN_STEP_VARS` present in ``env``
+    from a command that inherits it (empty when there are none)."""
+    present = sorted(FOREIGN_STEP_VARS.intersection(env))
+    return ["env", *(f"--unset={name}" for name in present)] if present else []
+
+
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside brackets."""
     parts, depth, start = [], 0, 0
@@ -29,7 +67,7 @@ def _split_top_level(text: str) -> list[str]:
     return [part for part in parts if part]
 
 
-def _expand_range(spec: str) -> list[str]:
+def expand_range(spec: str) -> list[str]:
     """``01-03,7`` -> ``['01', '02', '03', '7']`` (zero padding kept)."""
     values = []
     for item in spec.split(","):
@@ -47,7 +85,7 @@ def expand_hostlist(hostlist: str) -> list[str]:
     hosts = []
     for part in _split_top_level(hostlist.strip()):
         pieces = _BRACKET.split(part)  # literal, range, literal, range, ..., literal
-        choices = [[p] if i % 2 == 0 else _expand_range(p) for i, p in enumerate(pieces)]
+        choices = [[p] if i % 2 == 0 else expand_range(p) for i, p in enumerate(pieces)]
         hosts.extend("".join(combo) for combo in itertools.product(*choices))
     return hosts
 

@@ -56,20 +56,27 @@ class ClusterStatus:
             return f"{len(gone)} engine(s) are gone; %ipcluster restart starts all {self.n} anew."
         return ""
 
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """The columns some engine has a value for (no CUDA_VISIBLE_DEVICES on CPU nodes)."""
+        return [
+            (heading, key) for heading, key in COLUMNS if any(row[key] not in (None, "") for row in self.rows)
+        ]
+
     def cells(self) -> list[list[str]]:
-        return [["-" if row[key] is None else str(row[key]) for _, key in COLUMNS] for row in self.rows]
+        columns = self.columns
+        return [["-" if row[key] is None else str(row[key]) for _, key in columns] for row in self.rows]
 
     def __str__(self) -> str:
-        table = (
-            _text_table([[heading for heading, _ in COLUMNS], *self.cells()]) if self.controller_alive else []
-        )
+        headings = [heading for heading, _ in self.columns]
+        table = _text_table([headings, *self.cells()]) if self.controller_alive else []
         return "\n".join([self.headline(), *table, self.advice()]).rstrip()
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(heading)}</th>" for heading, _ in COLUMNS)
+        head = "".join(f"<th>{html.escape(heading)}</th>" for heading, _ in self.columns)
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
             for row in self.cells()
@@ -83,13 +90,17 @@ class ClusterStatus:
         return f"<p>{html.escape(self.headline())}</p>{table}{advice}"
 
 
+#: the numeric columns, aligned to the right
+_NUMERIC = {"engine", "rank", "pid"}
+
+
 def _text_table(lines: list[list[str]]) -> list[str]:
     """Aligned columns; the numeric ones (engine, rank, pid) to the right."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    right = {0, 2, 4}
+    right = [heading in _NUMERIC for heading in lines[0]]
     return [
         "  ".join(
-            cell.rjust(width) if i in right else cell.ljust(width)
+            cell.rjust(width) if right[i] else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(line, widths, strict=True))
         ).rstrip()
         for line in lines

@@ -1,14 +1,23 @@
-"""A watchdog that stops a kernel's cluster when the kernel dies, even by SIGKILL.
+"""A watchdog that stops what a kernel started when the kernel dies, even by SIGKILL, or when
+the Slurm job ends.
 
-``atexit`` cannot run when a kernel is killed, and ipyparallel starts its processes in new
-sessions, so they outlive it. So each cluster gets this tiny process, in its own session,
-holding the read end of a pipe whose write end only the kernel has. When the kernel dies
-for any reason, the pipe reaches end-of-file and the watchdog:
+``atexit`` cannot run when a kernel is killed, and ipcmagic starts its processes in new
+sessions, so they outlive it. So each cluster, and each ``%%torchrun`` run, gets this tiny
+process, in its own session, holding the read end of a pipe whose write end only the kernel
+has. What it guards is named by a *marker*, an environment entry every process of it carries
+(``IPP_CLUSTER_ID=<id>``: ipyparallel sets it for controller, srun/mpirun and engines;
+``IPCMAGIC_TORCHRUN=<token>`` for a run's launcher and ranks, and their children), the
+Slurm job step's name, and one directory. When the kernel dies for any reason, the pipe
+reaches end-of-file and the watchdog:
 
-1. sends SIGTERM to every process on this host whose environment carries the cluster's
-   ``IPP_CLUSTER_ID`` (controller, srun/mpirun, engines: ipyparallel sets it for all of them),
-   and cancels the cluster's Slurm job step by its name (engines on other nodes);
-2. sends SIGKILL to what is left after a grace period, and removes the cluster's directory.
+1. sends SIGTERM to every process on this host that carries the marker, removes the
+   directory, and cancels the job step by its name (processes on other nodes);
+2. sends SIGKILL to what is left after a grace period, and removes the directory again.
+
+SIGTERM to the watchdog means the same: Slurm sends it to every process of a job that is
+cancelled (JupyterHub's "Stop My Server"), reaches its time limit or is preempted, and
+SIGKILL follows after the cluster's KillWait; so the watchdog cleans up at once, files
+first, instead of dying with the kernel and leaving them.
 
 A clean stop writes ``stop`` to the pipe first; the watchdog then exits doing nothing.
 While it waits, it also ends the helper processes of a controller that died (they would keep
@@ -30,33 +39,41 @@ from pathlib import Path
 
 #: the command line of a controller: ipcmagic's, or ipyparallel's where a site configured that
 CONTROLLER = re.compile(rb"(ipcmagic|ipyparallel)\.controller")
+#: seconds a Slurm command may take in a clean-up (slurmctld may be down or busy)
+SLURM_TIMEOUT = 5
+
+
+class JobEnding(Exception):
+    """SIGTERM reached the watchdog: the job is being cancelled or has run out of time."""
 
 
 class Watchdog:
-    """The kernel's side: start the watchdog, and tell it when the cluster was stopped cleanly."""
+    """The kernel's side: start the watchdog, and tell it when everything was stopped cleanly."""
 
-    def __init__(self, cluster_id: str, directory: str, job_id: str | None) -> None:
-        self.cluster = (cluster_id, directory, job_id)
+    def __init__(self, marker: str, directory: str, job_id: str | None, step: str) -> None:
+        self.guarded = (marker, directory, job_id, step)
         read_end, self._write_end = os.pipe()  # not inherited by anything else the kernel starts
-        argv = [sys.executable, "-m", "ipcmagic.watchdog", cluster_id, directory]
+        argv = [sys.executable, "-m", "ipcmagic.watchdog", marker, directory, step]
         self.process = subprocess.Popen(
             [*argv, *([job_id] if job_id else [])],
             stdin=read_end,
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # Slurm's complaints about a vanishing job are no news to the user
             start_new_session=True,  # signals to the kernel's process group must not reach it
         )
         os.close(read_end)
 
     def release(self) -> None:
-        """After a stop: remove whatever is left of the cluster, then let the watchdog exit."""
-        clean_up(*self.cluster, grace=1.0)
+        """After a stop: remove whatever is left, then let the watchdog exit."""
+        marker, directory, job_id, step = self.guarded
+        clean_up(marker, directory, job_id, step, grace=1.0)
         os.write(self._write_end, b"stop\n")
         os.close(self._write_end)
         self.process.wait()
 
 
-def _cluster_pids(cluster_id: str) -> list[int]:
-    marker = f"IPP_CLUSTER_ID={cluster_id}".encode()
+def _marked_pids(marker_text: str) -> list[int]:
+    marker = marker_text.encode()
     pids = []
     for proc in Path("/proc").iterdir():
         try:
@@ -75,37 +92,37 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def _cancel_steps(job_id: str, cluster_id: str) -> None:
-    name = f"ipcmagic-{cluster_id}"
+def _cancel_steps(job_id: str, name: str) -> None:
     try:
         out = subprocess.run(
             ["squeue", "--steps", "-h", "-j", job_id, "-o", "%i %j"],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=SLURM_TIMEOUT,
         ).stdout
         steps = [line.split()[0] for line in out.splitlines() if line.split()[1:] == [name]]
         if steps:
-            subprocess.run(["scancel", *steps], timeout=30)
+            subprocess.run(["scancel", *steps], stderr=subprocess.DEVNULL, timeout=SLURM_TIMEOUT)
     except (OSError, subprocess.SubprocessError):
         pass  # the processes on this host are signalled anyway
 
 
-def clean_up(cluster_id: str, directory: str, job_id: str | None, grace: float = 5.0) -> None:
-    """Stop everything of the cluster: SIGTERM, step cancel, SIGKILL after ``grace``, files."""
-    _signal_all(_cluster_pids(cluster_id), signal.SIGTERM)
+def clean_up(marker: str, directory: str, job_id: str | None, step: str, grace: float = 5.0) -> None:
+    """Stop everything ``marker`` marks: SIGTERM, files, step cancel, SIGKILL after ``grace``."""
+    _signal_all(_marked_pids(marker), signal.SIGTERM)
+    shutil.rmtree(directory, ignore_errors=True)  # first: SIGKILL may follow soon on a job's end
     if job_id:
-        _cancel_steps(job_id, cluster_id)
+        _cancel_steps(job_id, step)
     deadline = time.monotonic() + grace
-    while (left := _cluster_pids(cluster_id)) and time.monotonic() < deadline:
+    while (left := _marked_pids(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     _signal_all(left, signal.SIGKILL)
-    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(directory, ignore_errors=True)  # what the processes wrote while stopping
 
 
-def _reap_orphaned_controller(cluster_id: str, kernel: int) -> None:
+def _reap_orphaned_controller(marker: str, kernel: int) -> None:
     """If the controller died, end the helper processes it leaves, so engines stop getting pings."""
-    controller = [pid for pid in _cluster_pids(cluster_id) if CONTROLLER.search(_read(pid, "cmdline"))]
+    controller = [pid for pid in _marked_pids(marker) if CONTROLLER.search(_read(pid, "cmdline"))]
     parents = [_parent(pid) for pid in controller]
     if any(parent not in (None, kernel, *controller) for parent in parents):
         _signal_all(controller, signal.SIGKILL)
@@ -124,21 +141,35 @@ def _read(pid: int, name: str) -> bytes:
         return b""
 
 
+def _job_ending(signum: int, frame: object) -> None:
+    raise JobEnding
+
+
+def _wait(marker: str) -> bool:
+    """Wait for the kernel's word; True when it said ``stop``, False when it died."""
+    kernel = os.getppid()
+    while not select.select([sys.stdin], [], [], 1.0)[0]:
+        _reap_orphaned_controller(marker, kernel)
+    return os.read(sys.stdin.fileno(), 16) == b"stop\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cluster_id")
+    parser.add_argument("marker", help="NAME=VALUE in the environment of every process to stop")
     parser.add_argument("directory")
+    parser.add_argument("step", help="the name of the Slurm job step to cancel")
     parser.add_argument("job_id", nargs="?")
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    kernel = os.getppid()
-    while True:
-        if not select.select([sys.stdin], [], [], 1.0)[0]:
-            _reap_orphaned_controller(args.cluster_id, kernel)
-            continue
-        if os.read(sys.stdin.fileno(), 16) != b"stop\n":  # end-of-file: the kernel died
-            clean_up(args.cluster_id, args.directory, args.job_id)
-        return
+    signal.signal(signal.SIGTERM, _job_ending)
+    grace = 5.0
+    try:
+        if _wait(args.marker):
+            return
+    except JobEnding:
+        grace = 1.0  # Slurm's KillWait (30 s by default) is the limit
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    clean_up(args.marker, args.directory, args.job_id, args.step, grace)
 
 
 if __name__ == "__main__":

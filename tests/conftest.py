@@ -39,11 +39,13 @@ def require(ok: bool, why: str) -> None:
 
 
 def our_processes() -> list[str]:
-    """Running controller, engine and engine-step processes (zombies excluded)."""
+    """Running controller, engine and engine-step processes, and any process of a %%torchrun run
+    (its ranks' own children too: they carry the run's marker), zombies excluded."""
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "status", "environ"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and OUR_PROCESS.search(cmdline):
+        marked = "IPCMAGIC_TORCHRUN" in (proc.info["environ"] or {})
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and (marked or OUR_PROCESS.search(cmdline)):
             found.append(f"{proc.info['pid']} {cmdline}")
     return found
 
@@ -213,3 +215,7 @@ def torch_installed() -> None:
     import importlib.util
 
     require(importlib.util.find_spec("torch") is not None, "torch not installed (pip install torch==2.13.0)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "frontdoor: JupyterHub + JupyterLab in a browser (dev/hublab)")

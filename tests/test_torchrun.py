@@ -14,6 +14,7 @@ from ipcmagic.slurm import Allocation
 from ipcmagic.torchrun import (
     CELL_VAR,
     TorchrunError,
+    TorchrunInterrupted,
     _failure,
     _prefixed,
     plan_srun,
@@ -79,6 +80,15 @@ def test_output_prefix_and_failure_message():
     torchrun_report = "  rank      : 1 (local_rank: 1)\n  exitcode  : 7 (pid: 9)\n"
     assert _failure(torchrun_report, 1) == "rank 1 exited with code 7"
     assert _failure("", 2) == "the launcher exited with code 2"
+    srun_report = "srun: error: vm: tasks 0-1,3: Exited with exit code 1\n"
+    assert _failure(srun_report, 1) == "; ".join(f"rank {r} exited with code 1" for r in (0, 1, 3))
+
+
+def test_failure_parsing_is_linear_in_the_output():
+    """A rank that prints megabytes on one line before failing must not freeze the kernel."""
+    tic = time.monotonic()
+    assert _failure("rank: 1 " * 250_000 + "\n", 2) == "the launcher exited with code 2"
+    assert time.monotonic() - tic < 1
 
 
 def test_pop_distributed_env(monkeypatch):
@@ -115,8 +125,19 @@ def test_srun_allreduce_in_allocation(ip, in_allocation, torch_installed, capsys
 @pytest.mark.parametrize("launcher", ["standalone", "srun"])
 def test_failing_rank_fails_the_cell(ip, in_allocation, torch_installed, launcher):
     code = "import os, sys\nif os.environ['RANK'] == '1':\n    sys.exit(3)\n"
-    with pytest.raises(TorchrunError, match="rank 1 exited with code"):
+    with pytest.raises(TorchrunError, match="rank 1 exited with code 3"):
         ip.run_cell_magic("torchrun", f"-n 2 --launcher {launcher}", code)
+
+
+def test_a_rank_ends_as_python_would(ip, outside_slurm, torch_installed, capsys):
+    """Threads are joined and exit handlers run before a rank leaves (without C++ destructors)."""
+    code = (
+        "import atexit, threading, time\n"
+        "atexit.register(print, 'exit handler ran')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()\n"
+    )
+    ip.run_cell_magic("torchrun", "-n 1", code)
+    assert capsys.readouterr().out.splitlines()[-2:] == ["[0] thread done", "[0] exit handler ran"]
 
 
 def test_cell_arguments_and_working_directory(
@@ -153,12 +174,19 @@ def test_interrupt_reaches_and_stops_every_rank(ip, in_allocation, torch_install
     timer = threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT))  # the kernel's interrupt button
     timer.start()
     tic = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TorchrunInterrupted) as interrupt:
         ip.run_cell_magic("torchrun", f"-n 2 --launcher {launcher}", INTERRUPTIBLE)
     timer.join()
     assert time.monotonic() - tic < 30
     out = capsys.readouterr().out
     assert "[0] rank 0 interrupted" in out and "[1] rank 1 interrupted" in out
+    # one line of its own; the ranks' output stays, the launcher's word on stopping them does not
+    assert interrupt.value._render_traceback_() == [
+        "KeyboardInterrupt: %%torchrun interrupted; 2 ranks stopped"
+    ]
+    after = out[out.index("] sleeping") - 2 :].splitlines()
+    launcher_lines = [line for line in after if not line.startswith(("[0] ", "[1] "))]
+    assert launcher_lines == [] and "CANCELLED" not in out, out
 
 
 def test_line_form_runs_a_script_file(ip, outside_slurm, torch_installed, capsys, tmp_path):

@@ -1,0 +1,43 @@
+"""ipyparallel's Cluster as ipcmagic starts it: the wait for the engines shows a progress bar
+that ends as the wait does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ipyparallel as ipp
+from ipyparallel.util import progress
+
+
+class Cluster(ipp.Cluster):
+    """An ``ipyparallel.Cluster`` whose start waits for its engines with ipcmagic's progress bar.
+
+    ipyparallel's own bar (``Client.wait_for_engines``) is left as it was when the wait fails
+    (``0/4`` forever in Jupyter); this one is closed on every outcome, so Jupyter shows it full,
+    or marked failed (red).
+    """
+
+    client: Any = None  # the connected Client, also when waiting for the engines failed
+
+    async def start_and_wait(self, n: int, timeout: float) -> Any:
+        """Start the controller and ``n`` engines, connect, wait until all are registered.
+
+        A coroutine so that ``start_and_wait_sync`` runs it on the loop that watches the
+        launchers: a launcher that exits fails the wait at once.
+        """
+        await self.start_cluster(n)
+        client = self.client = await self.connect_client()
+        waiting = asyncio.wrap_future(
+            client.wait_for_engines(n, timeout=timeout, block=False, interactive=False)
+        )
+        bar = progress(total=n, initial=len(client.ids), bar_format="{l_bar}{bar}| {n}/{total} engines")
+        try:
+            while not waiting.done():
+                await asyncio.wait([waiting], timeout=0.1)
+                if len(client.ids) > bar.n:
+                    bar.update(len(client.ids) - bar.n)
+            waiting.result()
+        finally:
+            bar.close()
+        return client

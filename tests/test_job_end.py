@@ -1,0 +1,65 @@
+"""What ends with the Slurm job or the kernel: a cancelled job (JupyterHub's "Stop My Server" is
+``scancel``: SIGTERM to every process of the job, SIGKILL after KillWait) and a SIGKILLed kernel
+leave no process, job step or file of a cluster or of a ``%%torchrun`` run behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+#: a kernel-like process: a cluster, then a long %%torchrun cell; says when both run
+KERNEL = """
+import os, sys
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "ipcmagic")
+if sys.argv[1] == "cluster":
+    shell.run_line_magic("ipcluster", "start -n 2")
+print("job", os.environ.get("SLURM_JOB_ID"), flush=True)
+shell.run_cell_magic("torchrun", "-n 2 --launcher " + sys.argv[2],
+    "import subprocess, time\\n"
+    "subprocess.Popen(['sleep', '300'])  # a rank's own child\\n"
+    "print('running', flush=True)\\n"
+    "time.sleep(300)\\n")
+"""
+
+
+def start_kernel(command: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start the kernel-like process; return it and its job id once both ranks run."""
+    kernel = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job, running, seen = None, 0, []
+    deadline = time.monotonic() + 120
+    while running < 2 and time.monotonic() < deadline:
+        line = kernel.stdout.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+        job = line.split()[1] if line.startswith("job ") else job
+        running += line.rstrip().endswith("] running")
+    assert running == 2, "".join(seen)
+    return kernel, job
+
+
+def test_cancelled_job_leaves_nothing(slurm, nothing_left):
+    """scancel while a cluster and a %%torchrun step run, the kernel itself a job step."""
+    kernel, job = start_kernel(
+        ["salloc", "-Q", "-n", "5", "-J", "ipcmagic-cancel", "srun", "-n", "1"]
+        + [sys.executable, "-c", KERNEL, "cluster", "srun"]
+    )
+    subprocess.run(["scancel", job], check=True)
+    kernel.wait(60)
+    kernel.stdout.close()
+    # nothing_left: no process, no step and no /tmp/ipcmagic-* (the cluster's or the run's)
+
+
+@pytest.mark.parametrize("launcher", ["standalone", "srun"])
+def test_killed_kernel_stops_its_torchrun(request, torch_installed, nothing_left, launcher):
+    request.getfixturevalue("in_allocation" if launcher == "srun" else "outside_slurm")
+    kernel, _ = start_kernel([sys.executable, "-c", KERNEL, "no cluster", launcher])
+    os.kill(kernel.pid, signal.SIGKILL)
+    kernel.wait()
+    kernel.stdout.close()
