@@ -215,7 +215,3 @@ def torch_installed() -> None:
     import importlib.util
 
     require(importlib.util.find_spec("torch") is not None, "torch not installed (pip install torch==2.13.0)")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "frontdoor: JupyterHub + JupyterLab in a browser (dev/hublab)")
