@@ -21,6 +21,10 @@ def load_ipython_extension(ipython: Any) -> None:
 
         _magics = IPClusterMagics(shell=ipython)
     ipython.register_magics(_magics)
+    if _magics.cluster.client is None:
+        from .magics import deactivate_px
+
+        deactivate_px(ipython, None)  # %px before any start says to start a cluster
     if _magics.report_lost_engines not in ipython.events.callbacks["post_run_cell"]:
         ipython.events.register("post_run_cell", _magics.report_lost_engines)
 

@@ -86,6 +86,12 @@ def resolve_launcher(
     return launcher
 
 
+def require_command(command: str) -> None:
+    """UsageError unless ``command`` (srun, mpirun) is on PATH."""
+    if not shutil.which(command):
+        raise UsageError(f"{command} is not on PATH; load it (e.g. module load) or use another launcher.")
+
+
 def plan_engines(
     allocation: Allocation | None,
     *,
@@ -378,10 +384,8 @@ class IPCluster(LoggingConfigurable):
 
         launcher = resolve_launcher(launcher or self.launcher, allocation)
         command = getattr(launcher_class(launcher)(parent=self), "mpi_cmd", None)
-        if command and not shutil.which(command[0]):
-            raise UsageError(
-                f"{command[0]} is not on PATH; load it (e.g. module load) or use another launcher."
-            )
+        if command:
+            require_command(command[0])
         plan = plan_engines(allocation, launcher=launcher, **request)
         if launcher == "mpirun" and plan.traits["cpus_per_engine"] and not is_open_mpi(command):
             raise UsageError(
@@ -408,6 +412,10 @@ class IPCluster(LoggingConfigurable):
             dask_client.close()
         if client is not None:
             client.close()
+            if get_ipython() is not None:
+                from .magics import deactivate_px
+
+                deactivate_px(get_ipython(), client)
         try:
             cluster.stop_cluster_sync()
         finally:

@@ -30,11 +30,23 @@ def _positive_seconds(text: str) -> int:
 
 
 def _parse(magic, line: str):
-    """parse_argstring, with unbalanced quotes as a UsageError too."""
+    """parse_argstring, with the quotes taken off every value as a shell would (IPython's split
+    keeps them: ``"a b"`` would reach a script as ``"a b"``, ``--launcher-args "-x -y"`` srun as
+    the one word ``-x -y``), and unbalanced quotes as a UsageError too."""
     try:
-        return parse_argstring(magic, line)
+        args = parse_argstring(magic, line)
+        for name, value in vars(args).items():
+            if isinstance(value, str):
+                setattr(args, name, _unquote(value))
+            elif isinstance(value, list):
+                setattr(args, name, [_unquote(word) for word in value])
+        return args
     except ValueError as e:
         raise UsageError(f"Cannot parse {line!r}: {e}; check the quotes.") from None
+
+
+def _unquote(word: str) -> str:
+    return "".join(shlex.split(word))
 
 
 def _port(text: str) -> int:
@@ -42,6 +54,41 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise ValueError(text)
     return port
+
+
+@magics_class
+class NoClusterMagics(Magics):
+    """``%px``, ``%%px``, ``%autopx``, ``%pxresult`` and ``%pxconfig`` while this kernel's cluster
+    is not running: they say so (ipyparallel's would use the stopped cluster's closed client)."""
+
+    @staticmethod
+    def _no_cluster() -> None:
+        raise UsageError("No cluster is running; start one with %ipcluster start.")
+
+    @line_cell_magic
+    def px(self, line: str = "", cell: str | None = None) -> None:
+        self._no_cluster()
+
+    @line_magic
+    def autopx(self, line: str = "") -> None:
+        self._no_cluster()
+
+    @line_magic
+    def pxresult(self, line: str = "") -> None:
+        self._no_cluster()
+
+    @line_magic
+    def pxconfig(self, line: str = "") -> None:
+        self._no_cluster()
+
+
+def deactivate_px(shell: Any, client: Any) -> None:
+    """After a stop: ``%px`` and friends that ran on ``client``'s engines say no cluster runs; those
+    of a view the user activated on another client stay."""
+    px = shell.magics_manager.magics["line"].get("px")
+    view = getattr(getattr(px, "__self__", None), "view", None)
+    if px is None or getattr(view, "client", None) is client:
+        shell.register_magics(NoClusterMagics)
 
 
 @magics_class

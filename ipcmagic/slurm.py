@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from IPython.core.error import UsageError
+
 _BRACKET = re.compile(r"\[([^\]]*)\]")
 
 
@@ -134,13 +136,16 @@ class Allocation:
         )
 
     def _scontrol(self, field: str) -> int:
-        out = subprocess.run(
-            ["scontrol", "show", "job", "--oneliner", self.job_id],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner", self.job_id], capture_output=True, text=True, timeout=30
+        )
+        if shown.returncode:
+            raise UsageError(
+                f"Slurm does not know job {self.job_id} of this kernel's SLURM_JOB_ID "
+                f"({shown.stderr.strip()}): the job has ended or the variable is stale. Start the kernel "
+                "in a running job, or choose -n and --launcher local."
+            )
+        out = shown.stdout
         match = re.search(rf"\b{field}=(\d+)", out)
         if not match:
             raise RuntimeError(f"scontrol show job {self.job_id} did not report {field}")

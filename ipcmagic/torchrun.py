@@ -24,7 +24,7 @@ from IPython.core.error import UsageError
 from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .cluster import resolve_launcher
+from .cluster import require_command, resolve_launcher
 from .slurm import BLOCK, Allocation, expand_range, step_env
 from .watchdog import Watchdog
 
@@ -144,6 +144,8 @@ class TorchrunPlan:
 
 def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """Python arguments and environment that run ``code`` as a script with ``args`` on a rank."""
+    if "\0" in code:
+        raise UsageError("The cell contains a null byte, which cannot reach the ranks; remove it.")
     size = len(code.encode())
     if size > MAX_CELL_BYTES:
         raise UsageError(
@@ -356,6 +358,8 @@ class Torchrun(LoggingConfigurable):
             )
         if nproc < 1 or nnodes < 1:
             raise UsageError("-n and --nnodes must be at least 1.")
+        if launcher == "srun":
+            require_command("srun")
         if launcher == "srun" and nnodes > len(allocation.nodes):
             raise UsageError(
                 f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."

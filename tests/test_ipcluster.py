@@ -265,3 +265,20 @@ def test_engines_start_without_numpy_or_debugpy(ip, in_allocation, capsys):
     rc[:].execute("import debugpy, numpy; a = numpy.arange(3)", block=True)
     assert [a.tolist() for a in rc[:].pull("a", block=True)] == [[0, 1, 2]] * 2
     ip.run_line_magic("ipcluster", "stop")
+
+
+def test_px_without_a_running_cluster_says_so(ip, outside_slurm):
+    ip.run_line_magic("ipcluster", "start -n 1 --launcher local")
+    ip.run_cell_magic("px", "", "x = 1")
+    ip.run_line_magic("ipcluster", "stop")
+    for run in (
+        lambda: ip.run_cell_magic("px", "", "x"),
+        lambda: ip.run_line_magic("px", "x"),
+        lambda: ip.run_line_magic("autopx", ""),
+        lambda: ip.run_line_magic("pxresult", ""),
+    ):
+        with pytest.raises(UsageError, match="No cluster is running; start one with %ipcluster start"):
+            run()
+    ip.run_line_magic("ipcluster", "start -n 1 --launcher local")  # and %px works again
+    assert ip.run_cell("%px y = 2").success
+    ip.run_line_magic("ipcluster", "stop")

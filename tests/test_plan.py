@@ -1,5 +1,6 @@
 """The launch plan: what a magic line turns into, without running anything."""
 
+import shlex
 import sys
 
 import pytest
@@ -54,6 +55,24 @@ def test_srun_without_overlap_by_config():
     launcher = SrunEngineSetLauncher(cluster_id="c", overlap=False, mpi_cmd=["/opt/slurm/bin/srun"])
     launcher.n = 1
     assert launcher.args[0] == "/opt/slurm/bin/srun" and "--overlap" not in launcher.args
+
+
+def test_magic_lines_are_split_as_a_shell_would():
+    from ipcmagic.magics import IPClusterMagics, _parse
+
+    args = _parse(IPClusterMagics.ipcluster, """start --launcher-args "--cpu-bind=none -x 'a b'" """)
+    assert shlex.split(args.launcher_args) == ["--cpu-bind=none", "-x", "a b"], "not one word for srun"
+    assert (
+        _parse(IPClusterMagics.ipcluster, 'start --launcher-args "--exclusive"').launcher_args
+        == "--exclusive"
+    )
+    with pytest.raises(UsageError, match="check the quotes"):
+        _parse(IPClusterMagics.ipcluster, 'start --launcher-args "--x')
+
+
+def test_stale_job_id_is_a_usage_error(slurm):
+    with pytest.raises(UsageError, match="Slurm does not know job 999999 of this kernel's SLURM_JOB_ID"):
+        Allocation(job_id="999999", nodes=("vm",)).tasks()
 
 
 def test_mpirun_plan():

@@ -233,3 +233,21 @@ def test_output_streams_while_the_ranks_run(ip, outside_slurm, torch_installed, 
     early = next(t for t, text in writes if "MARK-1" in text)
     late = next(t for t, text in writes if "MARK-2" in text)
     assert late - early > 2, "the first line was shown before the rank finished"
+
+
+def test_quoted_words_reach_the_script_as_a_shell_would_pass_them(
+    ip, outside_slurm, torch_installed, capsys, tmp_path
+):
+    script = tmp_path / "a dir" / "show args.py"
+    script.parent.mkdir()
+    script.write_text("import sys; print(sys.argv[1:])")
+    ip.run_line_magic("torchrun", f"-n 1 '{script}' \"a b\" c")
+    assert "[0] ['a b', 'c']" in capsys.readouterr().out
+
+
+def test_clear_errors_before_anything_starts(ip, in_allocation, monkeypatch):
+    with pytest.raises(UsageError, match="null byte"):
+        ip.run_cell_magic("torchrun", "-n 1", "print('a\0b')")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UsageError, match="srun is not on PATH"):
+        ip.run_cell_magic("torchrun", "-n 1", "print(1)")
