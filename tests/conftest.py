@@ -148,6 +148,20 @@ def allocation(slurm) -> dict[str, str]:
         subprocess.run(["scancel", job_id])
 
 
+def run_in_job(salloc: list[str], srun: list[str], script: str, env: dict[str, str]) -> str:
+    """Run a Python script as a job step of a new allocation (as JupyterHub runs a kernel); its output."""
+    out = subprocess.run(
+        ["salloc", "-Q", *salloc, "srun", *srun, sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
 @pytest.fixture(scope="session")
 def two_nodes() -> dict[str, str]:
     """The environment for salloc/srun on the 2-node lab."""

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import ipcmagic
 from ipcmagic.cluster import ClusterError
-from tests.conftest import ROOT
+from tests.conftest import run_in_job
 
 KERNEL = """
 import json, ipcmagic
@@ -31,17 +29,13 @@ def affinity(rc) -> list[list[int]]:
 
 def test_srun_gives_each_engine_its_gpu_and_core_on_every_node(two_nodes, nothing_left):
     """A kernel in a job step of a 2-node allocation with 2 GPUs per node (Slurm GRES)."""
-    out = subprocess.run(
-        ["salloc", "-Q", "-N", "2", "--ntasks-per-node=2", "--gpus-per-node=2", "-J", "ipcmagic-gpus"]
-        + ["srun", "-N", "1", "-n", "1", sys.executable, "-c", KERNEL],
-        cwd=ROOT,
-        env=two_nodes,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    out = run_in_job(
+        ["-N", "2", "--ntasks-per-node=2", "--gpus-per-node=2", "-J", "ipcmagic-gpus"],
+        ["-N", "1", "-n", "1"],
+        KERNEL,
+        two_nodes,
     )
-    assert out.returncode == 0, out.stdout + out.stderr
-    rows = json.loads(out.stdout.splitlines()[-2])
+    rows = json.loads(out.splitlines()[-2])
     placed = [(row["rank"], row["host"], row["gpus"], row["cpus"]) for row in rows]
     assert placed == [(0, "n1", "0", "0"), (1, "n1", "1", "1"), (2, "n2", "0", "0"), (3, "n2", "1", "1")]
 

@@ -463,25 +463,24 @@ def start_cluster(page, shot: Shots, index: int, engines: int) -> float:
     return assert_started(c, engines)
 
 
-def interrupted_torchrun(page, hub: HubLab, shot: Shots, index: int) -> None:
+def interrupted(page, shot: Shots, index: int, magic: str, ranks: int):
+    """Run cell `index` (a sleeping %%torchrun or %%px), interrupt it from the toolbar once every
+    rank sleeps; return the cell. The cell must finish within 5 s."""
     c = run(page, index, wait=False)
-    wait_output(page, c, "sleeping 60 s", count=2)
+    wait_output(page, c, "sleeping 60 s", count=ranks)
     took = interrupt(page, c)
-    TIMINGS["interrupt %%torchrun"] = took
-    shot(page, "torchrun-interrupted", c, doc="torchrun-interrupted.png")
+    TIMINGS[f"interrupt {magic}"] = took
+    name = magic.strip("%") + "-interrupted"
+    shot(page, name, c, doc=f"{name}.png")
     assert took < 5
+    return c
+
+
+def interrupted_torchrun(page, hub: HubLab, shot: Shots, index: int) -> None:
+    c = interrupted(page, shot, index, "%%torchrun", ranks=2)
     assert_tidy_interrupt(output(c), ranks=2)
     left = [p for p in hub.processes() if "torch" in p] + [s for s in hub.steps() if "torchrun" in s]
     assert not left, f"after the interrupt: {left}"
-
-
-def interrupted_px(page, shot: Shots, index: int) -> None:
-    c = run(page, index, wait=False)
-    wait_output(page, c, "sleeping 60 s", count=4)
-    took = interrupt(page, c)
-    TIMINGS["interrupt %%px"] = took
-    shot(page, "px-interrupted", c, doc="px-interrupted.png")
-    assert took < 5
 
 
 def busy_stop(page, hub: HubLab, shot: Shots, index: int, doc: str | None = None) -> None:
@@ -520,7 +519,7 @@ def test_journey(hub1, page, shots_dir):
     shot(page, "torchrun", c, doc="torchrun.png")
     assert sorted(re.findall(r"\[(\d)\] \1 \S+ 3\.0", output(c))) == ["0", "1"], output(c)
     interrupted_torchrun(page, hub1, shot, cells.index("long torchrun"))
-    interrupted_px(page, shot, cells.index("long px"))
+    interrupted(page, shot, cells.index("long px"), "%%px", ranks=4)
     assert_status(run(page, cells.index("status again")), 4)
     restart_kernel(page)
     assert_nothing_left(hub1, server_running=True, when="after a kernel restart")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +13,7 @@ import ipcmagic
 from ipcmagic.cluster import ClusterError
 from ipcmagic.launchers import SrunEngineSetLauncher
 from ipcmagic.slurm import FOREIGN_STEP_VARS, step_env
-from tests.conftest import ROOT
+from tests.conftest import run_in_job
 
 #: a value of each variable that breaks a plain ``srun --overlap -n 2`` in the test allocation
 #: (8 CPUs, no GPUs), as Slurm 22.05 reacts to it
@@ -110,19 +109,14 @@ ip.run_cell_magic("torchrun", "-n 2", "import os; print('rank', sorted(os.sched_
 def test_the_kernels_cpu_mask_stays_the_kernels(two_nodes, torch_installed, nothing_left):
     """A step bound with --cpu-bind leaves SLURM_CPU_BIND=quiet,mask_cpu:0x1 to the kernel; srun
     would pin every engine and rank to the kernel's one core (measured on this lab)."""
-    out = subprocess.run(
-        ["salloc", "-Q", "-N", "1", "-n", "4", "-J", "ipcmagic-bound"]
-        + ["srun", "-n", "1", "--cpu-bind=cores", sys.executable, "-c", BOUND_KERNEL],
-        cwd=ROOT,
-        env=two_nodes,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
-    assert "kernel [0]" in lines, out.stdout
+    lines = run_in_job(
+        ["-N", "1", "-n", "4", "-J", "ipcmagic-bound"],
+        ["-n", "1", "--cpu-bind=cores"],
+        BOUND_KERNEL,
+        two_nodes,
+    ).splitlines()
+    assert "kernel [0]" in lines, lines
     started = [
         line.split(" ", 1)[1] for line in lines if line.startswith(("engine ", "[0] rank ", "[1] rank "))
     ]
-    assert len(started) == 4 and "[0]" not in started, out.stdout
+    assert len(started) == 4 and "[0]" not in started, lines
