@@ -149,7 +149,14 @@ class IPClusterMagics(Magics):
         action="store_true",
         help="Make the engines a dask.distributed cluster; ipcmagic.dask_client() connects to it.",
     )
-    @argument("--mpi", help="srun --mpi plugin, e.g. pmix or pmi2 (default: the site's MpiDefault).")
+    @argument(
+        "-m",
+        "--mpi",
+        nargs="?",
+        const="",
+        help="srun --mpi plugin, e.g. pmix or pmi2 (default: the site's MpiDefault; a bare --mpi, as "
+        "ipcmagic 1.x wrote it, means that default).",
+    )
     @argument(
         "--timeout",
         type=_positive_seconds,
@@ -160,7 +167,11 @@ class IPClusterMagics(Magics):
         default="",
         help='Extra srun/mpirun (or ipengine) arguments, quoted: "--exclusive".',
     )
-    @argument("--version", action="store_true", help="Print ipcmagic's version.")
+    @argument("-v", "--version", action="store_true", help="Print ipcmagic's version.")
+    @argument("-h", "--help", action="store_true", help="Show this help.")
+    # ipcmagic 1.x's spellings, for notebooks written for it
+    @argument("--num_engines", type=int, dest="n", help=argparse.SUPPRESS)
+    @argument("--cpus_per_engine", type=int, dest="cpus_per_engine", help=argparse.SUPPRESS)
     @line_magic
     def ipcluster(self, line: str = "") -> None:
         """Start, stop or show the ipyparallel cluster of this kernel.
@@ -176,6 +187,9 @@ class IPClusterMagics(Magics):
         kernel is killed.
         """
         args = _parse(self.ipcluster, line)
+        if args.help:  # what %ipcluster? shows
+            print(self.ipcluster.__doc__.removeprefix("::\n\n").strip())
+            return
         if args.version:
             print(f"ipcmagic {__version__}")
             return

@@ -282,3 +282,18 @@ def test_px_without_a_running_cluster_says_so(ip, outside_slurm):
     ip.run_line_magic("ipcluster", "start -n 1 --launcher local")  # and %px works again
     assert ip.run_cell("%px y = 2").success
     ip.run_line_magic("ipcluster", "stop")
+
+
+def test_help_version_and_the_predecessors_spellings(ip, in_allocation, capsys):
+    """ipcmagic 1.x's notebooks: %ipcluster --help, -v, --num_engines, --cpus_per_engine, bare --mpi."""
+    for flag in ("--help", "-h"):
+        ip.run_line_magic("ipcluster", flag)
+        usage = capsys.readouterr().out
+        assert usage.startswith("%ipcluster [-n N]") and "{start,stop,status,restart}" in usage
+        for option in ("--launcher", "--cpus-per-engine", "--dask", "--mpi", "--timeout", "--launcher-args"):
+            assert option in usage
+    ip.run_line_magic("ipcluster", "-v")
+    assert capsys.readouterr().out == f"ipcmagic {ipcmagic.__version__}\n"
+    ip.run_line_magic("ipcluster", "start --num_engines 2 --cpus_per_engine 1 --mpi")
+    assert len(ipcmagic.client().ids) == 2
+    ip.run_line_magic("ipcluster", "stop")
