@@ -219,8 +219,9 @@ def _start_failure(plan: EnginePlan, error: BaseException, output: str, ready: i
         )
     elif isinstance(error, TimeoutError):
         told = "see the launcher's output below" if output else "the launcher printed nothing"
+        if not (ready or output):  # nothing else explains it
+            told += " (if they are still starting, raise --timeout)"
         reason = f"{ready} of {plan.n} engines registered within {timeout} s; {told}"
-        reason += "" if ready or output else " (if they are still starting, raise --timeout)"
     elif isinstance(error, EngineError):
         reason = f"the {plan.launcher} launcher exited before all engines registered"
     else:

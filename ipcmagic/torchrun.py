@@ -360,10 +360,10 @@ class Torchrun(LoggingConfigurable):
             raise UsageError("-n and --nnodes must be at least 1.")
         if launcher == "srun":
             require_command("srun")
-        if launcher == "srun" and nnodes > len(allocation.nodes):
-            raise UsageError(
-                f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."
-            )
+            if nnodes > len(allocation.nodes):
+                raise UsageError(
+                    f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."
+                )
         program, env = ([code_or_path, *args], {}) if is_file else cell_program(code_or_path, args)
         directory = tempfile.mkdtemp(prefix="ipcmagic-torchrun-")
         token = os.path.basename(directory)
