@@ -17,9 +17,11 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics in ``ipython`` (``%load_ext ipcmagic``)."""
     global _magics
     if _magics is None or _magics.shell is not ipython:
+        from . import plain_client
         from .magics import IPClusterMagics
 
         _magics = IPClusterMagics(shell=ipython)
+        plain_client.install()  # a plain ipyparallel.Client() reaches this kernel's cluster
     ipython.register_magics(_magics)
     if _magics.cluster.client is None:
         from .magics import deactivate_px

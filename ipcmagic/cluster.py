@@ -110,8 +110,8 @@ def plan_engines(
         raise UsageError("--cpu-bind and --mpi apply to the srun launcher only.")
     if launcher == "local" and cpus_per_engine is not None:
         raise UsageError("-c/--cpus-per-engine applies to the srun and mpirun launchers only.")
-    if n is None:
-        n = allocation.tasks() if allocation and launcher == "srun" else os.cpu_count() or 1
+    if n is None:  # MPI engines fill the job's tasks, local ones this node's CPUs
+        n = allocation.tasks() if allocation and launcher != "local" else os.cpu_count() or 1
     if n < 1:
         raise UsageError(f"-n must be at least 1 engine, not {n}.")
     cpus = 1 if cpus_per_engine is None else cpus_per_engine
@@ -275,12 +275,19 @@ class IPCluster(LoggingConfigurable):
     def running(self) -> bool:
         return self.cluster is not None
 
+    @property
+    def connection_file(self) -> str:
+        """The running cluster's client connection file (``ipyparallel.Client(path)`` connects)."""
+        return os.path.join(
+            self.cluster.profile_dir, "security", f"ipcontroller-{self.cluster.cluster_id}-client.json"
+        )
+
     def _controller_ip(self, plan: EnginePlan, allocation: Allocation | None) -> str:
         if self.controller_ip:
             return self.controller_ip
         here = {socket.gethostname(), socket.gethostname().split(".")[0]}
         remote = [node for node in allocation.nodes if node not in here] if allocation else []
-        if plan.launcher != "srun" or not remote:
+        if plan.launcher == "local" or not remote:
             return LOOPBACK
         return address_towards(remote)
 
@@ -499,6 +506,7 @@ class IPCluster(LoggingConfigurable):
             time.monotonic() - self.started_at,
             controller_alive=self.controller_alive(),
             rows=rows,
+            connection_file=self.connection_file,
         )
 
     def engines(self, timeout: float = 3.0) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import sys
 from ipyparallel.cluster import launcher
 from traitlets import Bool, HasTraits, Integer, List, Unicode, default
 
-from .slurm import BLOCK, without_foreign_step_vars
+from .slurm import BLOCK, as_allocation, env_prefix
 
 
 def step_name(cluster_id: str) -> str:
@@ -40,7 +40,12 @@ class IpcmagicEngines(HasTraits):
 
 
 class LocalEngineSetLauncher(IpcmagicEngines, launcher.LocalEngineSetLauncher):
-    """Engines as processes on the kernel's node."""
+    """Engines as processes on the kernel's node, without the kernel's step identity (an MPI
+    library in them must not join the kernel's step)."""
+
+    @default("engine_cmd")
+    def _engine_cmd_default(self) -> list[str]:
+        return [*env_prefix(os.environ), sys.executable, "-m", "ipcmagic.engine"]
 
 
 class AnyNodeEngineSetLauncher(IpcmagicEngines, launcher.MPIEngineSetLauncher):
@@ -66,7 +71,8 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
 
     Never a new job: the step runs in the allocation of ``$SLURM_JOB_ID``. The step is named
     ``ipcmagic-<cluster id>`` so ``squeue --steps`` shows whose it is. srun inherits the kernel's
-    environment less the variables another step left there (:data:`~ipcmagic.slurm.FOREIGN_STEP_VARS`).
+    environment less the variables another step left there and the kernel step's identity
+    (:func:`~ipcmagic.slurm.is_foreign`).
     """
 
     mpi_cmd = List(["srun"], config=True, help="The srun command, e.g. a full path.")
@@ -99,12 +105,17 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         if self.gpus_per_engine:
             options.append(f"--gpus-per-task={self.gpus_per_engine}")
         options.append(BLOCK)
-        srun = [*without_foreign_step_vars(os.environ), *self.mpi_cmd]
+        srun = [*env_prefix(os.environ), *self.mpi_cmd]
         return [*srun, *options, *self.mpi_args, *self.program, *self.program_args]
 
 
 class MpirunEngineSetLauncher(AnyNodeEngineSetLauncher):
-    """Engines as MPI ranks started by ``mpirun -n N``."""
+    """Engines as MPI ranks started by ``mpirun -n N``.
+
+    In a Slurm job, mpirun sees the allocation as the job's batch script does (:func:`~ipcmagic.slurm.
+    as_allocation`), not the kernel's step: Open MPI's and MPICH's mpirun then place ranks on all of
+    the job's nodes and CPUs, and start their daemons elsewhere with ``srun --overlap``.
+    """
 
     mpi_cmd = List(["mpirun"], config=True, help="The mpirun command, e.g. a full path.")
     mpi_args = List(config=True, help="Extra mpirun options, e.g. ['--oversubscribe'].")
@@ -118,7 +129,8 @@ class MpirunEngineSetLauncher(AnyNodeEngineSetLauncher):
     def find_args(self) -> list[str]:
         cpus = self.cpus_per_engine
         binding = ["--map-by", f"slot:PE={cpus}", "--bind-to", "core"] if cpus else []
-        return [*self.mpi_cmd, "-n", str(self.n), *binding, *self.mpi_args, *self.program, *self.program_args]
+        mpirun = [*env_prefix(os.environ, as_allocation(os.environ)), *self.mpi_cmd]
+        return [*mpirun, "-n", str(self.n), *binding, *self.mpi_args, *self.program, *self.program_args]
 
 
 def is_open_mpi(mpirun: list[str]) -> bool:

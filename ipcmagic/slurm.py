@@ -45,16 +45,59 @@ FOREIGN_STEP_VARS = frozenset(
 )
 
 
+#: variables that make a process a task of the step it runs in: its rank and its PMIx/PMI server.
+#: An MPI library that finds them in a child joins the *kernel's* step (MPICH aborts, seeing two
+#: PMI flavours; a rank that then fails makes Slurm end the kernel's step). Site tunables
+#: (``PMIX_MCA_*``, Cray's ``PMI_*`` knobs) are not among them.
+STEP_IDENTITY_VARS = frozenset(
+    {
+        *("SLURM_STEPID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_GTIDS", "SLURM_TASK_PID"),
+        *("SLURM_SRUN_COMM_HOST", "SLURM_SRUN_COMM_PORT", "SLURM_LAUNCH_NODE_IPADDR", "SLURM_TASKS_PER_NODE"),
+        *("SLURM_NODELIST", "SLURM_PMIXP_ABORT_AGENT_PORT", "SLURM_PMIX_MAPPING_SERV"),
+        *("PMI_FD", "PMI_PORT", "PMI_RANK", "PMI_SIZE", "PMI_JOBID", "PMI_ID", "PMI_SPAWNED", "PMI_APPNUM"),
+        *("PMI_LOCAL_RANK", "PMI_LOCAL_SIZE", "PMI_UNIVERSE_SIZE", "PMI_CONTROL_PORT", "PMI_SHARED_SECRET"),
+    }
+)
+
+
+def is_foreign(name: str) -> bool:
+    """Whether a variable must not pass from the kernel to one of ipcmagic's steps or engines:
+    one of :data:`FOREIGN_STEP_VARS` or :data:`STEP_IDENTITY_VARS`, a ``SLURM_STEP_*`` variable, or
+    a PMIx server's ``PMIX_*`` (but not the ``PMIX_MCA_*`` tunables)."""
+    return (
+        name in FOREIGN_STEP_VARS
+        or name in STEP_IDENTITY_VARS
+        or name.startswith("SLURM_STEP_")
+        or (name.startswith("PMIX_") and not name.startswith("PMIX_MCA_"))
+    )
+
+
 def step_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` for an srun that starts one of ipcmagic's steps: without :data:`FOREIGN_STEP_VARS`."""
-    return {name: value for name, value in env.items() if name not in FOREIGN_STEP_VARS}
+    """``env`` for an srun that starts one of ipcmagic's steps: without what :func:`is_foreign`."""
+    return {name: value for name, value in env.items() if not is_foreign(name)}
 
 
-def without_foreign_step_vars(env: Mapping[str, str]) -> list[str]:
-    """An ``env -u NAME ...`` prefix that drops the :data:`FOREIGN_STEP_VARS` present in ``env``
-    from a command that inherits it (empty when there are none)."""
-    present = sorted(FOREIGN_STEP_VARS.intersection(env))
-    return ["env", *(f"--unset={name}" for name in present)] if present else []
+def env_prefix(env: Mapping[str, str], setting: Mapping[str, str] | None = None) -> list[str]:
+    """An ``env --unset=NAME ... NAME=VALUE ...`` prefix for a command that inherits ``env``: it drops
+    the foreign variables (:func:`is_foreign`) and sets ``setting`` (empty when there is nothing to do)."""
+    setting = setting or {}
+    unset = [f"--unset={name}" for name in sorted(env) if is_foreign(name) and name not in setting]
+    assign = [f"{name}={value}" for name, value in setting.items()]
+    return ["env", *unset, *assign] if unset or assign else []
+
+
+def as_allocation(env: Mapping[str, str]) -> dict[str, str]:
+    """What an MPI launcher (Open MPI's mpirun, MPICH's mpiexec) must see in a job step to use the
+    whole allocation, as in the job's batch script: the job's nodes and CPUs as its slots, and
+    ``--overlap`` without PMI for the ``srun`` that starts its daemons on the other nodes (without
+    it that srun waits forever while the kernel's step holds the CPUs). Empty outside Slurm."""
+    if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
+        return {}
+    setting = {"SLURM_OVERLAP": "1", "SLURM_MPI_TYPE": "none"}
+    job = {"SLURM_NODELIST": "SLURM_JOB_NODELIST", "SLURM_NNODES": "SLURM_JOB_NUM_NODES"}
+    job["SLURM_TASKS_PER_NODE"] = "SLURM_JOB_CPUS_PER_NODE"  # MPICH's mpiexec reads all three
+    setting.update({name: env[source] for name, source in job.items() if env.get(source)})
+    return setting
 
 
 def _split_top_level(text: str) -> list[str]:

@@ -39,6 +39,7 @@ class ClusterStatus:
     uptime: float
     controller_alive: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
+    connection_file: str = ""
 
     @property
     def steps(self) -> str:
@@ -47,6 +48,10 @@ class ClusterStatus:
     def headline(self) -> str:
         step = f", Slurm step {self.steps}" if self.steps else ""
         return f"cluster {self.cluster_id}: {self.launcher}, {self.n} engines{step}, up {self.uptime:.0f} s"
+
+    def elsewhere(self) -> str:
+        """How another process of the user on this node connects (a plain Client() there cannot)."""
+        return f"other processes on this node: ipyparallel.Client({self.connection_file!r})"
 
     def advice(self) -> str:
         if not self.controller_alive:
@@ -69,8 +74,8 @@ class ClusterStatus:
 
     def __str__(self) -> str:
         headings = [heading for heading, _ in self.columns]
-        table = _text_table([headings, *self.cells()]) if self.controller_alive else []
-        return "\n".join([self.headline(), *table, self.advice()]).rstrip()
+        alive = [*_text_table([headings, *self.cells()]), self.elsewhere()] if self.controller_alive else []
+        return "\n".join([self.headline(), *alive, self.advice()]).rstrip()
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
@@ -81,13 +86,14 @@ class ClusterStatus:
             "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
             for row in self.cells()
         )
-        table = (
+        alive = (
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p><small>{html.escape(self.elsewhere())}</small></p>"
             if self.controller_alive
             else ""
         )
         advice = f"<p><b>{html.escape(self.advice())}</b></p>" if self.advice() else ""
-        return f"<p>{html.escape(self.headline())}</p>{table}{advice}"
+        return f"<p>{html.escape(self.headline())}</p>{alive}{advice}"
 
 
 #: the numeric columns, aligned to the right

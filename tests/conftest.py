@@ -148,10 +148,11 @@ def allocation(slurm) -> dict[str, str]:
         subprocess.run(["scancel", job_id])
 
 
-def run_in_job(salloc: list[str], srun: list[str], script: str, env: dict[str, str]) -> str:
-    """Run a Python script as a job step of a new allocation (as JupyterHub runs a kernel); its output."""
+def run_in_job(salloc: list[str], srun: list[str], script: str, env: dict[str, str], *args: str) -> str:
+    """Run a Python script (with ``args``) as a job step of a new allocation, as JupyterHub runs a
+    kernel; its output."""
     out = subprocess.run(
-        ["salloc", "-Q", *salloc, "srun", *srun, sys.executable, "-c", script],
+        ["salloc", "-Q", *salloc, "srun", *srun, sys.executable, "-c", script, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

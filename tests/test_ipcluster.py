@@ -56,7 +56,7 @@ def test_srun_engines_are_ranks_of_one_step(ip, in_allocation, capsys):
     assert f"cluster {cluster_id}: srun, 4 engines, Slurm step {step}, up " in status
     # no column that every engine leaves empty (CUDA_VISIBLE_DEVICES on a CPU node)
     assert status.splitlines()[1].split() == ["engine", "state", "rank", "host", "pid", "CPUs"]
-    assert [line.split()[:3] for line in status.splitlines()[2:]] == [
+    assert [line.split()[:3] for line in status.splitlines()[2:6]] == [
         [str(i), "alive", str(i)] for i in range(4)
     ]
     ip.run_line_magic("ipcluster", "stop")

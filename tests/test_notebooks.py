@@ -4,6 +4,7 @@ way JupyterHub runs kernels), and outside Slurm where that is meaningful."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +13,12 @@ from tests.conftest import ROOT
 #: --nbval-lax: outputs are compared only in cells tagged nbval-check-output, after sanitizing
 NBVAL = [
     *(sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q"),
-    *("--nbval-sanitize-with", "tests/nbval_sanitize.cfg"),
+    *("--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg")),
 ]
 
 
-def run_nbval(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def run_nbval(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
 

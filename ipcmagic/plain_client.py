@@ -1,0 +1,70 @@
+"""A plain ``ipyparallel.Client()`` in a kernel whose ipcmagic cluster runs connects to that cluster,
+as it did with ipcmagic 1.x, whose clusters used the default profile.
+
+ipyparallel's Client, told nothing, reads ``ipcontroller-client.json`` in the default profile's
+security directory. ipcmagic writes nothing there: two notebooks of one user would race for that
+one file, and it would outlive a killed kernel. Instead, in the kernel only, a Client created
+without saying where to connect gets the running cluster's own connection file (in the cluster's
+private directory, gone with the cluster). Other processes see ipyparallel's default unchanged.
+
+This wraps ``ipyparallel.Client.__init__`` (ipyparallel has no hook for a default connection);
+it is guarded: when the signature is not the one relied on, Client stays as ipyparallel ships it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Any
+
+#: Client arguments that say where to connect; a Client given none of them looks in the profile
+_WHERE = ("url_file", "url_or_file", "profile_dir", "cluster_id", "ipython_dir", "sshserver")
+_MARK = "_ipcmagic_default_connection"
+
+
+def _kernel_connection_file() -> str | None:
+    """The connection file of this kernel's running cluster, if one runs."""
+    import ipcmagic
+
+    magics = ipcmagic._magics
+    return magics.cluster.connection_file if magics is not None and magics.cluster.running else None
+
+
+def _connects_by_default(connection_info: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a Client with these arguments would look for the default profile's cluster."""
+    told = connection_info is not None or any(kwargs.get(name) for name in _WHERE)
+    return not told and kwargs.get("profile") in (None, "", "default")
+
+
+def _relied_on(init: Any) -> bool:
+    """Whether ``Client.__init__`` still takes ``connection_info`` first and the profile keywords."""
+    try:
+        params = list(inspect.signature(init).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[1:2] == ["connection_info"] and {"profile", "profile_dir", "cluster_id"} <= set(params)
+
+
+def install() -> None:
+    """Make a plain ``ipyparallel.Client()`` in this process reach the kernel's cluster (idempotent)."""
+    from ipyparallel import Client
+
+    init = Client.__init__
+    if getattr(init, _MARK, False):
+        return
+    if not _relied_on(init):
+        logging.getLogger("ipcmagic").debug(
+            "ipyparallel.Client.__init__ differs from what ipcmagic expects; "
+            "a plain Client() keeps ipyparallel's default connection"
+        )
+        return
+
+    @functools.wraps(init)
+    def __init__(self: Any, connection_info: Any = None, *args: Any, **kwargs: Any) -> None:
+        if _connects_by_default(connection_info, kwargs):
+            connection_info = _kernel_connection_file()
+        init(self, connection_info, *args, **kwargs)
+
+    setattr(__init__, _MARK, True)
+    Client.__init__ = __init__
