@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -146,6 +147,22 @@ def plan_engines(
         traits = {"engine_args": args, "delay": 0.0}
     handed_out = 0 if launcher == "srun" else gpus_per_engine
     return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask)
+
+
+#: %ipcluster start options that a site may configure on the launchers
+SITE_OPTIONS = ("cpus_per_engine", "cpu_bind", "gpus_per_engine", "mpi")
+#: the launchers' lists of extra arguments: the site's, then the user's
+EXTRA_ARGS = ("mpi_args", "engine_args")
+
+
+def site_options(configured: Any) -> dict[str, Any]:
+    """The start options a site set on a launcher (``ipython_config.py``): the traits of
+    :data:`SITE_OPTIONS` it has, where they differ from ipcmagic's defaults."""
+    return {
+        name: getattr(configured, name)
+        for name in SITE_OPTIONS
+        if configured.has_trait(name) and getattr(configured, name) != configured.trait_defaults(name)
+    }
 
 
 def address_towards(hosts: list[str]) -> str:
@@ -386,21 +403,30 @@ class IPCluster(LoggingConfigurable):
     def plan_start(
         self, allocation: Allocation | None, launcher: str | None = None, **request: Any
     ) -> EnginePlan:
-        """Plan a start here: the launcher's command must exist before the allocation is asked,
-        and binding CPUs with mpirun needs Open MPI's options."""
+        """Plan a start here: what the user's request leaves out (None) comes from the launcher's
+        configuration (``c.SrunEngineSetLauncher.cpu_bind = "cores"``); its command must exist
+        before the allocation is asked; binding CPUs with mpirun needs Open MPI's options."""
         from .launchers import is_open_mpi
 
         launcher = resolve_launcher(launcher or self.launcher, allocation)
-        command = getattr(launcher_class(launcher)(parent=self), "mpi_cmd", None)
+        configured = launcher_class(launcher)(parent=self)
+        command = getattr(configured, "mpi_cmd", None)
         if command:
             require_command(command[0])
-        plan = plan_engines(allocation, launcher=launcher, **request)
+        given = {name: value for name, value in request.items() if value is not None}
+        plan = plan_engines(allocation, launcher=launcher, **{**site_options(configured), **given})
         if launcher == "mpirun" and plan.traits["cpus_per_engine"] and not is_open_mpi(command):
             raise UsageError(
                 f"-c binds CPUs with Open MPI's options, but {command[0]} is not Open MPI; pass your "
                 "MPI's own binding options in --launcher-args instead."
             )
-        return plan
+        # the site's extra arguments come first, the user's after them (for srun, the later win)
+        extra = {
+            name: [*getattr(configured, name), *plan.traits.get(name, [])]
+            for name in EXTRA_ARGS
+            if configured.has_trait(name)
+        }
+        return dataclasses.replace(plan, traits={**plan.traits, **extra})
 
     def _launcher_output(self) -> str:
         """What the engine launchers printed, and the controller too if it died."""

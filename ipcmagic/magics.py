@@ -136,11 +136,10 @@ class IPClusterMagics(Magics):
         type=int,
         help="CPUs per engine: srun -c; mpirun (Open MPI) binds each engine to that many cores.",
     )
-    @argument("--cpu-bind", default="", help="srun --cpu-bind, e.g. cores (default: the site's).")
+    @argument("--cpu-bind", help="srun --cpu-bind, e.g. cores (default: the site's).")
     @argument(
         "--gpus-per-engine",
         type=int,
-        default=0,
         help="GPUs per engine: srun --gpus-per-task; mpirun, local: CUDA_VISIBLE_DEVICES by the "
         "engine's place on its host.",
     )
