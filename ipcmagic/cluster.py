@@ -125,7 +125,7 @@ def plan_engines(
             f"{n} engines with {cpus} CPU(s) each need {n * cpus} CPUs, but this allocation has "
             f"{allocation.cpus}; use -n {allocation.cpus // cpus} or fewer, or a larger allocation."
         )
-    if dask and importlib.util.find_spec("distributed") is None:
+    if dask and not all(importlib.util.find_spec(name) for name in ("distributed", "cryptography")):
         raise UsageError("--dask needs dask.distributed in this kernel: pip install 'ipcmagic[dask]'.")
     try:
         args = shlex.split(launcher_args)
@@ -282,6 +282,7 @@ class IPCluster(LoggingConfigurable):
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
         self.dask_client = None  # distributed.Client while the engines are dask workers
+        self.dask_security = None  # their certificate (distributed.security.Security)
         self.watchdog: Watchdog | None = None
         self.roster: dict[int, dict[str, Any]] = {}  # engines as started: id -> row of engines()
         self.plan: EnginePlan | None = None
@@ -334,6 +335,7 @@ class IPCluster(LoggingConfigurable):
         if plan.launcher != "local":
             traits["profile_dir_env"] = on_this_node
         config.merge(Config({plan.launcher_class.__name__: traits}))
+        self.dask_security = self._dask_security(config) if plan.dask else None
         self.cluster = Cluster(
             config=config,
             log=log,
@@ -374,11 +376,22 @@ class IPCluster(LoggingConfigurable):
             self._start_dask(timeout)
         return self.client
 
+    @staticmethod
+    def _dask_security(config: Config) -> Any:
+        """A certificate for this cluster's dask, given to the controller's scheduler in ``config``."""
+        from .daskcluster import cluster_security, scheduler_env
+
+        security = cluster_security()
+        controller = config.LocalControllerLauncher
+        controller.environment = {**controller.get("environment", {}), **scheduler_env(security)}
+        return security
+
     def _start_dask(self, timeout: float) -> None:
         from .daskcluster import start_dask
 
         try:
-            self.dask_client = start_dask(self.client, self.cluster.controller_ip, self.plan.cpus, timeout)
+            host, security = self.cluster.controller_ip, self.dask_security
+            self.dask_client = start_dask(self.client, host, self.plan.cpus, timeout, security)
         except Exception as e:
             self.stop()
             raise ClusterError(
@@ -441,7 +454,7 @@ class IPCluster(LoggingConfigurable):
         cluster, client, watchdog, dask_client = self.cluster, self.client, self.watchdog, self.dask_client
         if cluster is None:
             return
-        self.cluster = self.client = self.watchdog = self.dask_client = None
+        self.cluster = self.client = self.watchdog = self.dask_client = self.dask_security = None
         if dask_client is not None:
             dask_client.close()
         if client is not None:
@@ -488,7 +501,8 @@ class IPCluster(LoggingConfigurable):
         if self.dask_client is not None:
             from .daskcluster import add_workers
 
-            add_workers(self.client, self.dask_client, self.plan.cpus, timeout)
+            host = self.cluster.controller_ip
+            add_workers(self.client, self.dask_client, host, self.plan.cpus, timeout, self.dask_security)
 
     def _take_roster(self) -> None:
         """Record the engines as started and hand out the planned GPUs; stop and raise if the

@@ -1,26 +1,76 @@
 """The engines as a dask.distributed cluster: ipyparallel's ``become_dask``, with the scheduler
-in the controller, listening where the controller does."""
+in the controller, listening where the controller does.
+
+Every connection is mutual TLS with a certificate made for this cluster alone
+(``distributed.security.Security.temporary()``, in memory): the scheduler, the workers and the
+kernel's Client hold it, and anyone else — another user on the node or the network — is refused
+before a message is read. The scheduler gets it through the controller's environment (dask reads
+its configuration from ``DASK_*`` variables; only the user can read a process's environment), the
+workers as an argument, the kernel's Client from dask's configuration while it is made.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+#: where workers serve their HTTP routes (metrics, health): nobody needs them, so never outside
+#: their node (dask's default is every interface)
+WORKER_HTTP = "127.0.0.1:0"
 
-def start_dask(client: Any, host: str, threads: int, timeout: float) -> Any:
+
+def cluster_security() -> Any:
+    """A new certificate and key for one cluster's scheduler, workers and Client."""
+    from distributed.security import Security
+
+    return Security.temporary()
+
+
+def scheduler_env(security: Any) -> dict[str, str]:
+    """The controller's environment that makes the scheduler ipyparallel starts there speak TLS
+    with ``security``'s certificate only."""
+    return {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": security.tls_ca_file,
+        "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": security.tls_scheduler_cert,
+        "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": security.tls_scheduler_key,
+    }
+
+
+def worker_args(host: str, threads: int, security: Any) -> dict[str, Any]:
+    """How each engine's worker starts: ``threads`` threads, TLS with ``security``, listening on
+    loopback when the scheduler does (all on this node), else on every interface (TLS guards it)."""
+    listen = {"host": host} if host == "127.0.0.1" else {}
+    return {"nthreads": threads, "security": security, "dashboard_address": WORKER_HTTP, **listen}
+
+
+def start_dask(client: Any, host: str, threads: int, timeout: float, security: Any) -> Any:
     """Start a scheduler in the controller and a worker in every engine; return a connected
     ``distributed.Client`` once all workers are there. The dashboard gets a free port."""
-    dask_client = client.become_dask(
-        scheduler_args={"host": host, "dashboard_address": f"{host}:0"}, nthreads=threads
-    )
+    import dask
+
+    client_tls = {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": security.tls_ca_file,
+        "distributed.comm.tls.client.cert": security.tls_client_cert,
+        "distributed.comm.tls.client.key": security.tls_client_key,
+    }
+    with dask.config.set(client_tls):  # for the Client become_dask makes, not for the kernel's others
+        dask_client = client.become_dask(
+            scheduler_args={"host": host, "protocol": "tls", "dashboard_address": f"{host}:0"},
+            **worker_args(host, threads, security),
+        )
     dask_client.wait_for_workers(len(client.ids), timeout=timeout)
     return dask_client
 
 
-def add_workers(client: Any, dask_client: Any, threads: int, timeout: float) -> None:
+def add_workers(
+    client: Any, dask_client: Any, host: str, threads: int, timeout: float, security: Any
+) -> None:
     """Make every engine (e.g. after a restart) a worker of the running scheduler."""
     from ipyparallel.util import become_dask_worker
 
-    client[:].apply_sync(become_dask_worker, address=dask_client.scheduler.address, nthreads=threads)
+    args = worker_args(host, threads, security)
+    client[:].apply_sync(become_dask_worker, address=dask_client.scheduler.address, **args)
     dask_client.wait_for_workers(len(client.ids), timeout=timeout)
 
 

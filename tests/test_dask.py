@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -45,3 +46,63 @@ def test_dask_missing_is_a_usage_error(ip, in_allocation, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(UsageError, match=r"pip install 'ipcmagic\[dask\]'"):
         ip.run_line_magic("ipcluster", "start -n 1 --dask")
+
+
+#: dask's own Client, without the cluster's certificate, tries to run code as the issue's attacker did
+DASK_INTRUDER = """
+import sys
+from distributed import Client
+for address in sys.argv[1:]:
+    try:
+        with Client(address, timeout=2) as client:
+            print("ran", client.run(lambda: "code"))
+    except Exception:
+        print("refused")
+"""
+
+#: another Unix user of the node tries the scheduler and every worker: plain TCP, and TLS without
+#: the cluster's certificate; and reads the controller's environment, where the scheduler's key is
+INTRUDER = """
+import socket, ssl, sys
+controller, ports = sys.argv[1], sys.argv[2:]
+for port in ports:
+    for tls in (False, True):
+        try:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as raw:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                sock = ctx.wrap_socket(raw) if tls else raw
+                sock.sendall(b"\\x00" * 64)
+                print("answered" if sock.recv(64) else "refused")
+        except (OSError, ssl.SSLError):
+            print("refused")
+try:
+    open(f"/proc/{controller}/environ").read()
+    print("read the key")
+except OSError:
+    print("key hidden")
+"""
+
+
+def test_dask_refuses_anyone_without_the_clusters_certificate(ip, in_allocation):
+    """Any local user ran code as the notebook's user through the scheduler (issue 19)."""
+    ip.run_line_magic("ipcluster", "start -n 2 --dask")
+    dask = ipcmagic.dask_client()
+    scheduler = dask.scheduler.address
+    assert scheduler.startswith("tls://127.0.0.1:")
+    workers = list(dask.scheduler_info()["workers"])
+    assert all(w.startswith("tls://127.0.0.1:") for w in workers)
+    addresses = [scheduler, scheduler.replace("tls://", "tcp://"), *workers]
+    out = subprocess.run([sys.executable, "-c", DASK_INTRUDER, *addresses], capture_output=True, text=True)
+    assert out.stdout.splitlines() == ["refused"] * len(addresses), out.stdout + out.stderr[-3000:]
+    controller = ipcmagic._magics.cluster.cluster.controller.process.pid
+    ports = [a.rsplit(":", 1)[1] for a in [scheduler, *workers]]
+    out = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", INTRUDER, str(controller), *ports],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.splitlines() == ["refused"] * 2 * len(ports) + ["key hidden"], out.stderr
+    assert dask.submit(sum, [1, 2, 3]).result() == 6  # the kernel's own Client works on
+    ip.run_line_magic("ipcluster", "stop")
