@@ -43,6 +43,14 @@ class ClusterError(RuntimeError):
         return [f"{type(self).__name__}: {self}"]
 
 
+class Interrupted(KeyboardInterrupt):
+    """The user interrupted the kernel; the message says what was stopped."""
+
+    def _render_traceback_(self) -> list[str]:
+        # one line, as Python's own KeyboardInterrupt reads: the frames were ipcmagic's waiting
+        return [f"KeyboardInterrupt: {self}"]
+
+
 @dataclass(frozen=True)
 class EnginePlan:
     """What will run: a launcher, how many engines, the launcher's traits, and what ipcmagic does
@@ -219,8 +227,9 @@ def split_worlds(rows: list[dict[str, Any]], n: int) -> str | None:
     )
 
 
-#: the engine's log line when it looks for a connection file that is not there
-_NO_CONNECTION_FILE = re.compile(r"Connection file '[^']*' not found")
+#: the engine's log line when it looks for ipyparallel's default connection file (no cluster id):
+#: it did not get this cluster's environment (its own file may just not be there yet)
+_NO_CONNECTION_FILE = re.compile(r"Connection file '[^']*/ipcontroller-engine\.json' not found")
 
 
 def _start_failure(plan: EnginePlan, error: BaseException, output: str, ready: int, timeout: float) -> str:
@@ -269,6 +278,12 @@ class IPCluster(LoggingConfigurable):
     )
     heartbeat_tolerance = Float(
         10.0, config=True, help="Seconds without a heartbeat after which an engine counts as dead."
+    )
+    local_engines_per_cpu = Integer(
+        32,
+        config=True,
+        help="Most local engines per CPU of the kernel (a typo such as -n 4000 would fork 4,000 "
+        "Pythons on a shared node).",
     )
     controller_ip = Unicode(
         "",
@@ -365,7 +380,7 @@ class IPCluster(LoggingConfigurable):
             output, ready = self._launcher_output(), len(self.client.ids) if self.client else 0
             self.stop()
             if isinstance(e, KeyboardInterrupt):
-                raise
+                raise Interrupted("%ipcluster start interrupted; everything started was stopped.") from None
             raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
         if get_ipython() is not None:  # %px, %%px, %autopx, %pxresult
             view = self.client[:]
@@ -428,6 +443,12 @@ class IPCluster(LoggingConfigurable):
             require_command(command[0])
         given = {name: value for name, value in request.items() if value is not None}
         plan = plan_engines(allocation, launcher=launcher, **{**site_options(configured), **given})
+        most = self.local_engines_per_cpu * len(os.sched_getaffinity(0))
+        if launcher == "local" and plan.n > most:
+            raise UsageError(
+                f"-n {plan.n} local engines is more than {self.local_engines_per_cpu} per CPU of this kernel "
+                f"({most}); use -n {most} or fewer (c.IPCluster.local_engines_per_cpu sets the bound)."
+            )
         if launcher == "mpirun" and plan.traits["cpus_per_engine"] and not is_open_mpi(command):
             raise UsageError(
                 f"-c binds CPUs with Open MPI's options, but {command[0]} is not Open MPI; pass your "
@@ -466,6 +487,7 @@ class IPCluster(LoggingConfigurable):
         try:
             cluster.stop_cluster_sync()
         finally:
+            cluster.close_loop()
             watchdog.release()  # and whatever ipyparallel's stop missed, with the cluster's files
 
     def shutdown(self) -> None:
@@ -481,7 +503,15 @@ class IPCluster(LoggingConfigurable):
             raise UsageError("No cluster is running; start one with %ipcluster start.")
         if not self.controller_alive():
             raise UsageError("The controller has died; run %ipcluster stop, then %ipcluster start.")
-        timeout = timeout or self.timeout
+        try:
+            self._restart_engines(timeout or self.timeout)
+        except KeyboardInterrupt:
+            self.stop()  # half the engines of a restart are no cluster to go on with
+            raise Interrupted(
+                "%ipcluster restart interrupted; the cluster was stopped (%ipcluster start starts a new one)."
+            ) from None
+
+    def _restart_engines(self, timeout: float) -> None:
         stopped = list(self.client.ids)
         self.cluster.stop_engines_sync()
         for engine_id in stopped:  # as each engine's nanny would, had it outlived its engine:

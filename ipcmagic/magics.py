@@ -84,11 +84,22 @@ class NoClusterMagics(Magics):
 
 def deactivate_px(shell: Any, client: Any) -> None:
     """After a stop: ``%px`` and friends that ran on ``client``'s engines say no cluster runs; those
-    of a view the user activated on another client stay."""
+    of a view the user activated on another client stay.
+
+    IPython keeps every Magics object ever made in ``shell.configurables``: ipyparallel's magics of
+    ``client`` leave it here (they hold the client, its cluster and their sockets), and one
+    NoClusterMagics serves every stop, so a kernel does not grow with each start and stop.
+    """
+    from ipyparallel.client.magics import ParallelMagics
+
     px = shell.magics_manager.magics["line"].get("px")
     view = getattr(getattr(px, "__self__", None), "view", None)
     if px is None or getattr(view, "client", None) is client:
-        shell.register_magics(NoClusterMagics)
+        made = [c for c in shell.configurables if isinstance(c, NoClusterMagics)]
+        shell.register_magics(made[0] if made else NoClusterMagics(shell))
+    if client is not None:
+        stale = [c for c in shell.configurables if isinstance(c, ParallelMagics) and c.view.client is client]
+        shell.configurables[:] = [c for c in shell.configurables if not any(c is s for s in stale)]
 
 
 @magics_class

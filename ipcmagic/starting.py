@@ -26,10 +26,16 @@ class Cluster(ipp.Cluster):
         A coroutine so that ``start_and_wait_sync`` runs it on the loop that watches the
         launchers: a launcher that exits fails the wait at once.
         """
-        await self.start_cluster(n)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout  # for the whole start, not only the wait for the engines
+        try:
+            await asyncio.wait_for(self.start_cluster(n), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the controller and launchers did not start within {timeout} s") from None
         client = self.client = await self.connect_client()
+        left = max(0.0, deadline - loop.time())
         waiting = asyncio.wrap_future(
-            client.wait_for_engines(n, timeout=timeout, block=False, interactive=False)
+            client.wait_for_engines(n, timeout=left, block=False, interactive=False)
         )
         bar = progress(total=n, initial=len(client.ids), bar_format="{l_bar}{bar}| {n}/{total} engines")
         try:
@@ -41,3 +47,19 @@ class Cluster(ipp.Cluster):
         finally:
             bar.close()
         return client
+
+    def close_loop(self) -> None:
+        """End the thread that runs this Cluster's ``_sync`` methods, and close its event loop.
+
+        ipyparallel starts that thread when the caller has a running event loop (a Jupyter kernel)
+        and never ends it: a kernel would keep a thread and its file descriptors for every cluster
+        it ever started. Guarded: without the attributes this relies on, nothing happens.
+        """
+        thread, loop = getattr(self, "_async_thread", None), getattr(self, "_thread_loop", None)
+        if thread is None or loop is None:
+            return
+        loop.add_callback(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
+            self._async_thread = None

@@ -24,7 +24,7 @@ from IPython.core.error import UsageError
 from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .cluster import require_command, resolve_launcher
+from .cluster import Interrupted, require_command, resolve_launcher
 from .slurm import BLOCK, Allocation, expand_range, step_env
 from .watchdog import Watchdog
 
@@ -101,12 +101,8 @@ class TorchrunError(RuntimeError):
         return [f"{type(self).__name__}: {self}"]
 
 
-class TorchrunInterrupted(KeyboardInterrupt):
+class TorchrunInterrupted(Interrupted):
     """The user interrupted the kernel during a run; every rank was stopped."""
-
-    def _render_traceback_(self) -> list[str]:
-        # one line, as Python's own KeyboardInterrupt reads: the frames were ipcmagic's waiting
-        return [f"KeyboardInterrupt: {self}"]
 
 
 def clean_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -235,3 +235,44 @@ def test_pxtimeout_interrupts_python_and_keeps_the_engines(ip, in_allocation, ca
     with pytest.raises(UsageError, match="argument seconds"):
         ip.run_cell_magic("pxtimeout", "0", "pass")
     ip.run_line_magic("ipcluster", "stop")
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """SIGINT to this process (the kernel's interrupt button) after ``seconds``."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("action", ["start", "restart"])
+def test_an_interrupted_start_or_restart_says_what_it_stopped(ip, outside_slurm, action):
+    """Both ended in a KeyboardInterrupt without a word."""
+    if action == "restart":
+        ip.run_line_magic("ipcluster", "start -n 2 --launcher local")
+    interrupt_after(0.3)
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        ip.run_line_magic("ipcluster", f"{action} -n 16 --launcher local" if action == "start" else action)
+    assert interrupted.value._render_traceback_() == [
+        {
+            "start": "KeyboardInterrupt: %ipcluster start interrupted; everything started was stopped.",
+            "restart": "KeyboardInterrupt: %ipcluster restart interrupted; the cluster was stopped "
+            "(%ipcluster start starts a new one).",
+        }[action]
+    ]
+    assert not ipcmagic._magics.cluster.running
+
+
+def test_timeout_bounds_the_whole_start(ip, outside_slurm):
+    """16 local engines on 2 cores take about 3 s to start: --timeout 1 used to let them."""
+    tic = time.monotonic()
+    with pytest.raises(ClusterError, match=r"within 1 s"):
+        ip.run_line_magic("ipcluster", "start -n 16 --launcher local --timeout 1")
+    assert time.monotonic() - tic < 10  # the start, then stopping what it started
+
+
+def test_local_engines_are_bounded_by_the_kernels_cpus(ip, outside_slurm):
+    most = 32 * len(os.sched_getaffinity(0))
+    with pytest.raises(
+        UsageError, match=rf"-n 4000 local engines is more than 32 per CPU .*use -n {most} or"
+    ):
+        ip.run_line_magic("ipcluster", "start -n 4000 --launcher local")
