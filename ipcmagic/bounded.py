@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 
-from .cluster import IPCluster
+from .cluster import IPCluster, describe_engines
 
 
 class ParallelTimeout(RuntimeError):
@@ -32,15 +32,24 @@ def run_bounded(cluster: IPCluster, cell: str, seconds: float, grace: float = 3.
         result.display_outputs()
         result.get()  # a failed engine raises ipyparallel's CompositeError, as %%px does
         return
-    view.client.send_signal(signal.SIGINT, targets=view.targets, block=True)
-    if result.wait(grace):
+    lost = cluster.lost_engines()
+    alive = [i for i in cluster.client.ids if i not in {row["id"] for row in lost}]
+    if alive:  # not waiting for replies: an engine may die meanwhile
+        cluster.client.send_signal(signal.SIGINT, targets=alive, block=False)
+    if not lost and result.wait(grace):
         raise ParallelTimeout(
             f"The cell ran past its timeout of {seconds:g} s; the engines were interrupted "
             "(KeyboardInterrupt) and keep their variables."
         )
+    lost = lost or cluster.lost_engines()
     cluster.restart()
+    why = (
+        f"{describe_engines(lost)} died"
+        if lost
+        else f"some engines did not stop on SIGINT within {grace:g} s (for example ranks waiting in an "
+        "MPI call for a rank that failed)"
+    )
     raise ParallelTimeout(
-        f"The cell ran past its timeout of {seconds:g} s and some engines did not stop on SIGINT "
-        f"within {grace:g} s (for example ranks waiting in an MPI call for a rank that failed); "
-        f"all {cluster.plan.n} engines were restarted, so their variables are gone."
+        f"The cell ran past its timeout of {seconds:g} s and {why}; all {cluster.plan.n} engines were "
+        "restarted, so their variables are gone."
     )

@@ -382,10 +382,7 @@ class IPCluster(LoggingConfigurable):
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted("%ipcluster start interrupted; everything started was stopped.") from None
             raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
-        if get_ipython() is not None:  # %px, %%px, %autopx, %pxresult
-            view = self.client[:]
-            view.block = True
-            view.activate()
+        self._activate_px()
         self._take_roster()
         if plan.dask:
             self._start_dask(timeout)
@@ -400,6 +397,18 @@ class IPCluster(LoggingConfigurable):
         controller = config.LocalControllerLauncher
         controller.environment = {**controller.get("environment", {}), **scheduler_env(security)}
         return security
+
+    def _activate_px(self) -> None:
+        """``%px``, ``%%px``, ``%autopx`` and ``%pxresult`` on every engine (again after a restart,
+        which may give engines new ids)."""
+        shell = get_ipython()
+        if shell is not None:
+            from .magics import forget_px_magics
+
+            forget_px_magics(shell, self.client)  # of an earlier activation
+            view = self.client[:]
+            view.block = True
+            view.activate()
 
     def _start_dask(self, timeout: float) -> None:
         from .daskcluster import start_dask
@@ -527,6 +536,7 @@ class IPCluster(LoggingConfigurable):
         self.cluster.start_engines_sync(self.plan.n)
         self.client.wait_for_engines(self.plan.n, timeout=timeout)
         self.started_at = time.monotonic()
+        self._activate_px()
         self._take_roster()
         if self.dask_client is not None:
             from .daskcluster import add_workers
@@ -551,19 +561,27 @@ class IPCluster(LoggingConfigurable):
         self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
 
     def lost_engines(self) -> list[dict[str, Any]]:
-        """The engines of the last start or restart that are no longer registered."""
+        """The engines of the last start or restart that are no longer registered, or dead."""
         if self.client is None:
             return []
         alive = set(self.client.ids)
-        return [row for i, row in self.roster.items() if i not in alive]
+        return [row for i, row in self.roster.items() if i not in alive or self._dead(i)]
+
+    def _gone(self, engine_id: int) -> dict[str, Any]:
+        """A lost engine's row: as started, so its rank, host and pid say which one it was."""
+        return {**self.roster.get(engine_id, _row(engine_id, "gone")), "state": "gone"}
+
+    def _dead(self, engine_id: int) -> bool:
+        """Whether a registered engine is known to be dead, before the controller's heartbeats tell:
+        its srun or mpirun has exited (taking every rank along), or its process on this node is gone."""
+        launchers = list(self.cluster.engines.values())
+        if self.plan.launcher != "local" and launchers and not any(la.running for la in launchers):
+            return True
+        row = self.roster.get(engine_id)
+        return bool(row) and row["host"] == socket.gethostname() and not _process_alive(row["pid"])
 
     def controller_alive(self) -> bool:
-        import psutil
-
-        try:
-            return self.cluster.controller.process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
+        return _process_alive(self.cluster.controller.process.pid)
 
     def status(self) -> ClusterStatus:
         """What ``%ipcluster status`` shows; the engines are asked before the controller's health,
@@ -588,13 +606,32 @@ class IPCluster(LoggingConfigurable):
         deadline = time.monotonic() + timeout
         for reply in asked.values():
             reply.wait(max(0.0, deadline - time.monotonic()))
-        rows = {i: _row(i, "busy") for i in asked}
+        rows = {}
         for i, reply in asked.items():
             if reply.ready() and reply.successful():
                 rows[i] = _row(i, "alive", **reply.get())
+            else:
+                rows[i] = self._gone(i) if self._dead(i) else _row(i, "busy")
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
-        rows.update({i: _row(i, "gone") for i in missing})
+        rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
+
+
+def describe_engines(rows: list[dict[str, Any]]) -> str:
+    """``engine 1 (MPI rank 1, pid 4242 on nid001), ...`` (no rank for engines without MPI)."""
+    ranks = [f"MPI rank {e['rank']}, " if e["rank"] is not None else "" for e in rows]
+    return ", ".join(
+        f"engine {e['id']} ({rank}pid {e['pid']} on {e['host']})" for e, rank in zip(rows, ranks, strict=True)
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 #: what :func:`_engine_info` reports

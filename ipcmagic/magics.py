@@ -15,7 +15,7 @@ from IPython.display import display
 
 from . import __version__
 from .bounded import run_bounded
-from .cluster import LAUNCHERS, IPCluster
+from .cluster import LAUNCHERS, IPCluster, describe_engines
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
@@ -86,20 +86,25 @@ def deactivate_px(shell: Any, client: Any) -> None:
     """After a stop: ``%px`` and friends that ran on ``client``'s engines say no cluster runs; those
     of a view the user activated on another client stay.
 
-    IPython keeps every Magics object ever made in ``shell.configurables``: ipyparallel's magics of
-    ``client`` leave it here (they hold the client, its cluster and their sockets), and one
-    NoClusterMagics serves every stop, so a kernel does not grow with each start and stop.
+    One NoClusterMagics serves every stop (IPython keeps every Magics object ever made).
     """
-    from ipyparallel.client.magics import ParallelMagics
-
     px = shell.magics_manager.magics["line"].get("px")
     view = getattr(getattr(px, "__self__", None), "view", None)
     if px is None or getattr(view, "client", None) is client:
         made = [c for c in shell.configurables if isinstance(c, NoClusterMagics)]
         shell.register_magics(made[0] if made else NoClusterMagics(shell))
     if client is not None:
-        stale = [c for c in shell.configurables if isinstance(c, ParallelMagics) and c.view.client is client]
-        shell.configurables[:] = [c for c in shell.configurables if not any(c is s for s in stale)]
+        forget_px_magics(shell, client)
+
+
+def forget_px_magics(shell: Any, client: Any) -> None:
+    """Drop ipyparallel's ``%px`` magics of ``client``'s views from ``shell.configurables``, where
+    IPython keeps every Magics object ever made: they hold the client, its cluster and their
+    sockets, and a kernel would grow with each start and stop."""
+    from ipyparallel.client.magics import ParallelMagics
+
+    stale = [c for c in shell.configurables if isinstance(c, ParallelMagics) and c.view.client is client]
+    shell.configurables[:] = [c for c in shell.configurables if not any(c is s for s in stale)]
 
 
 @magics_class
@@ -117,11 +122,8 @@ class IPClusterMagics(Magics):
             return
         lost = self.cluster.lost_engines()
         if lost:
-            names = ", ".join(
-                f"engine {e['id']} (MPI rank {e['rank']}, pid {e['pid']} on {e['host']})" for e in lost
-            )
             print(
-                f"ipcmagic: {names} died. %ipcluster status shows the cluster; "
+                f"ipcmagic: {describe_engines(lost)} died. %ipcluster status shows the cluster; "
                 "%ipcluster restart starts all engines anew.",
                 file=sys.stderr,
             )

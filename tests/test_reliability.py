@@ -194,15 +194,6 @@ def test_restart_without_cluster(ip):
         ip.run_line_magic("ipcluster", "restart")
 
 
-def test_soak_short(nothing_left, in_allocation):
-    """The CI-sized soak; the full one is benchmarks/soak.py (20 cycles of 16 engines)."""
-    from benchmarks.soak import soak
-
-    first, last, _ = soak(cycles=4, n=4, launcher="srun")
-    assert last["children"] == 0 and last["temp dirs"] == 0
-    assert last["fds"] <= first["fds"] and last["threads"] <= first["threads"], (first, last)
-
-
 def test_pxtimeout_restarts_ranks_stuck_in_mpi(ip, in_allocation):
     """ipyparallel#435: rank 0 fails, the others wait in a barrier forever; not past the timeout."""
     ip.run_line_magic("ipcluster", "start -n 3")
@@ -276,3 +267,59 @@ def test_local_engines_are_bounded_by_the_kernels_cpus(ip, outside_slurm):
         UsageError, match=rf"-n 4000 local engines is more than 32 per CPU .*use -n {most} or"
     ):
         ip.run_line_magic("ipcluster", "start -n 4000 --launcher local")
+
+
+#: rank 1 exits while the others wait for it in MPI (ipyparallel#435's everyday case)
+RANK_1_EXITS = (
+    "import os\n"
+    "from mpi4py import MPI\n"
+    "if MPI.COMM_WORLD.rank == 1:\n"
+    "    os._exit(3)\n"
+    "MPI.COMM_WORLD.Barrier()"
+)
+
+
+def assert_full_cluster(ip, n: int) -> None:
+    """Every engine alive in status, and %%px runs on all of them."""
+    assert [row["state"] for row in ipcmagic._magics.cluster.engines()] == ["alive"] * n
+    ip.run_cell_magic("px", "", "x = 1")
+    assert ipcmagic.client()[:]["x"] == [1] * n
+
+
+def test_pxtimeout_recovers_when_a_rank_dies(ip, in_allocation):
+    """srun's PMIx ends the whole step; the cell failed with a bare KeyError: 1, and every later
+    %%px too, until %ipcluster restart (issue 21)."""
+    ip.run_line_magic("ipcluster", "start -n 3")
+    with pytest.raises(
+        ParallelTimeout, match=r"engine 1 \(MPI rank 1, pid \d+ on .*died; all 3 engines were restarted"
+    ):
+        ip.run_cell_magic("pxtimeout", "5", RANK_1_EXITS)
+    assert_full_cluster(ip, 3)
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_slurm):
+    ip.run_line_magic("ipcluster", "start -n 3 --launcher local")
+    ip.run_cell_magic("px", "", "import os\nx = os.getpid()")
+    lost = ipcmagic.client()[1]["x"]
+    cell = f"import os, time\nif os.getpid() == {lost}:\n    os._exit(3)\ntime.sleep(60)"
+    with pytest.raises(
+        ParallelTimeout, match=rf"engine 1 \(pid {lost} on .*\) died; all 3 engines were restarted"
+    ):
+        ip.run_cell_magic("pxtimeout", "5", cell)
+    assert_full_cluster(ip, 3)
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_status_shows_the_engines_of_an_ended_step_as_gone(ip, in_allocation):
+    """SIGKILL of one srun engine ends the whole step (PMIx); status showed the others as busy."""
+    ip.run_line_magic("ipcluster", "start -n 3")
+    pid = ipcmagic.client()[1].apply_sync(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(3)
+    rows = ipcmagic._magics.cluster.engines()
+    assert [row["state"] for row in rows] == ["gone"] * 3, rows
+    assert rows[1]["pid"] == pid  # as started: which one it was
+    ip.run_line_magic("ipcluster", "restart")
+    assert_full_cluster(ip, 3)
+    ip.run_line_magic("ipcluster", "stop")
