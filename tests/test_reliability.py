@@ -286,16 +286,20 @@ def assert_full_cluster(ip, n: int) -> None:
     assert ipcmagic.client()[:]["x"] == [1] * n
 
 
+def assert_pxtimeout_recovers(ip, cell: str, lost: str) -> None:
+    """``cell`` under %%pxtimeout 5 on 3 engines fails naming the ``lost`` engine, then the
+    cluster is full and %%px works."""
+    with pytest.raises(ParallelTimeout, match=rf"{lost}.*died; all 3 engines were restarted"):
+        ip.run_cell_magic("pxtimeout", "5", cell)
+    assert_full_cluster(ip, 3)
+    ip.run_line_magic("ipcluster", "stop")
+
+
 def test_pxtimeout_recovers_when_a_rank_dies(ip, in_allocation):
     """srun's PMIx ends the whole step; the cell failed with a bare KeyError: 1, and every later
     %%px too, until %ipcluster restart (issue 21)."""
     ip.run_line_magic("ipcluster", "start -n 3")
-    with pytest.raises(
-        ParallelTimeout, match=r"engine 1 \(MPI rank 1, pid \d+ on .*died; all 3 engines were restarted"
-    ):
-        ip.run_cell_magic("pxtimeout", "5", RANK_1_EXITS)
-    assert_full_cluster(ip, 3)
-    ip.run_line_magic("ipcluster", "stop")
+    assert_pxtimeout_recovers(ip, RANK_1_EXITS, r"engine 1 \(MPI rank 1, pid \d+ on ")
 
 
 def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_slurm):
@@ -303,12 +307,7 @@ def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_s
     ip.run_cell_magic("px", "", "import os\nx = os.getpid()")
     lost = ipcmagic.client()[1]["x"]
     cell = f"import os, time\nif os.getpid() == {lost}:\n    os._exit(3)\ntime.sleep(60)"
-    with pytest.raises(
-        ParallelTimeout, match=rf"engine 1 \(pid {lost} on .*\) died; all 3 engines were restarted"
-    ):
-        ip.run_cell_magic("pxtimeout", "5", cell)
-    assert_full_cluster(ip, 3)
-    ip.run_line_magic("ipcluster", "stop")
+    assert_pxtimeout_recovers(ip, cell, rf"engine 1 \(pid {lost} on ")
 
 
 def test_status_shows_the_engines_of_an_ended_step_as_gone(ip, in_allocation):
