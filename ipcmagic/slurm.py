@@ -73,7 +73,7 @@ def is_foreign(name: str) -> bool:
 
 
 def step_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` for an srun that starts one of ipcmagic's steps: without what :func:`is_foreign`."""
+    """``env`` for an srun that starts one of ipcmagic's steps, less what :func:`is_foreign` names."""
     return {name: value for name, value in env.items() if not is_foreign(name)}
 
 
