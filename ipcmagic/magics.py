@@ -34,7 +34,7 @@ def _parse(magic, line: str):
     keeps them: ``"a b"`` would reach a script as ``"a b"``, ``--launcher-args "-x -y"`` srun as
     the one word ``-x -y``), and unbalanced quotes as a UsageError too."""
     try:
-        args = parse_argstring(magic, line)
+        args = parse_argstring(magic, _without_comment(line))
         for name, value in vars(args).items():
             if isinstance(value, str):
                 setattr(args, name, _unquote(value))
@@ -43,6 +43,20 @@ def _parse(magic, line: str):
         return args
     except ValueError as e:
         raise UsageError(f"Cannot parse {line!r}: {e}; check the quotes.") from None
+
+
+def _without_comment(line: str) -> str:
+    """``start -n 4   # four engines`` as ``start -n 4``: a ``#`` that begins a word outside quotes
+    starts a comment, as in a shell (IPython passes it on to the magic)."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line
 
 
 def _unquote(word: str) -> str:

@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from ipcmagic.cluster import ClusterError, EnginePlan, _row, address_towards, plan_engines, split_worlds
 from ipcmagic.gpus import gpu_sets
 from ipcmagic.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
+from ipcmagic.magics import IPClusterMagics, _parse
 from ipcmagic.slurm import Allocation
 from ipcmagic.status import cpu_ranges
 
@@ -183,3 +184,11 @@ def test_gpu_sets_by_place_on_each_host():
     assert gpu_sets([row(0, "a", "4,6"), row(1, "a", "4,6")], 1) == {0: "4", 1: "6"}
     with pytest.raises(ValueError, match="2 engines on a need 4 GPUs, but CUDA_VISIBLE_DEVICES there"):
         gpu_sets([row(0, "a", "4,6"), row(1, "a", "4,6")], 2)
+
+
+def test_a_trailing_comment_is_not_an_argument():
+    """``%ipcluster start -n 4   # four engines``, as the docs annotate magics: an UsageError before."""
+    args = _parse(IPClusterMagics.ipcluster, 'start -n 4   # four engines, "quoted" too')
+    assert (args.action, args.n) == ("start", 4)
+    assert _parse(IPClusterMagics.ipcluster, "start --launcher-args '-x #y'").launcher_args == "-x #y"
+    assert _parse(IPClusterMagics.ipcluster, "start --cpu-bind map#1").cpu_bind == "map#1"
