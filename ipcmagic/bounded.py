@@ -43,13 +43,18 @@ def run_bounded(cluster: IPCluster, cell: str, seconds: float, grace: float = 3.
         )
     lost = lost or cluster.lost_engines()
     cluster.restart()
+    raise ParallelTimeout(restarted_message(seconds, cluster.plan.n, lost, grace))
+
+
+def restarted_message(seconds: float, n: int, lost: list[dict], grace: float) -> str:
+    """What a bounded cell says after restarting the engines: which died, or that some were stuck."""
     why = (
         f"{describe_engines(lost)} died"
         if lost
         else f"some engines did not stop on SIGINT within {grace:g} s (for example ranks waiting in an "
         "MPI call for a rank that failed)"
     )
-    raise ParallelTimeout(
-        f"The cell ran past its timeout of {seconds:g} s and {why}; all {cluster.plan.n} engines were "
+    return (
+        f"The cell ran past its timeout of {seconds:g} s and {why}; all {n} engines were "
         "restarted, so their variables are gone."
     )

@@ -43,6 +43,28 @@ class ClusterError(RuntimeError):
         return [f"{type(self).__name__}: {self}"]
 
 
+INTERRUPTED_START = "%ipcluster start interrupted; everything started was stopped."
+INTERRUPTED_RESTART = (
+    "%ipcluster restart interrupted; the cluster was stopped (%ipcluster start starts a new one)."
+)
+
+
+def already_running(plan: EnginePlan) -> str:
+    """Why a second start is refused."""
+    return (
+        f"A cluster with {plan.n} {plan.launcher} engines is already running; "
+        "stop it first with %ipcluster stop."
+    )
+
+
+def lost_engines_message(rows: list[dict[str, Any]]) -> str:
+    """What the output after a failed cell says of engines that died."""
+    return (
+        f"ipcmagic: {describe_engines(rows)} died. %ipcluster status shows the cluster; "
+        "%ipcluster restart starts all engines anew."
+    )
+
+
 class Interrupted(KeyboardInterrupt):
     """The user interrupted the kernel; the message says what was stopped."""
 
@@ -330,10 +352,7 @@ class IPCluster(LoggingConfigurable):
         from .starting import Cluster
 
         if self.running:
-            raise UsageError(
-                f"A cluster with {self.plan.n} {self.plan.launcher} engines is already running; "
-                "stop it first with %ipcluster stop."
-            )
+            raise UsageError(already_running(self.plan))
         allocation = Allocation.from_env()
         log = logging.getLogger("ipcmagic.ipyparallel")
         log.setLevel(logging.CRITICAL)  # failures are raised with the launcher's own output instead
@@ -380,7 +399,7 @@ class IPCluster(LoggingConfigurable):
             output, ready = self._launcher_output(), len(self.client.ids) if self.client else 0
             self.stop()
             if isinstance(e, KeyboardInterrupt):
-                raise Interrupted("%ipcluster start interrupted; everything started was stopped.") from None
+                raise Interrupted(INTERRUPTED_START) from None
             raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
         self._activate_px()
         self._take_roster()
@@ -516,9 +535,7 @@ class IPCluster(LoggingConfigurable):
             self._restart_engines(timeout or self.timeout)
         except KeyboardInterrupt:
             self.stop()  # half the engines of a restart are no cluster to go on with
-            raise Interrupted(
-                "%ipcluster restart interrupted; the cluster was stopped (%ipcluster start starts a new one)."
-            ) from None
+            raise Interrupted(INTERRUPTED_RESTART) from None
 
     def _restart_engines(self, timeout: float) -> None:
         stopped = list(self.client.ids)

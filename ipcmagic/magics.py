@@ -15,7 +15,7 @@ from IPython.display import display
 
 from . import __version__
 from .bounded import run_bounded
-from .cluster import LAUNCHERS, IPCluster, describe_engines
+from .cluster import LAUNCHERS, IPCluster, lost_engines_message
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
@@ -136,11 +136,7 @@ class IPClusterMagics(Magics):
             return
         lost = self.cluster.lost_engines()
         if lost:
-            print(
-                f"ipcmagic: {describe_engines(lost)} died. %ipcluster status shows the cluster; "
-                "%ipcluster restart starts all engines anew.",
-                file=sys.stderr,
-            )
+            print(lost_engines_message(lost), file=sys.stderr)
 
     @magic_arguments()
     @argument("action", nargs="?", choices=("start", "stop", "status", "restart"), help="What to do.")

@@ -254,6 +254,16 @@ def _show(line: str, output: list[str]) -> None:
     sys.stdout.flush()
 
 
+def interrupted_message(ranks: int) -> str:
+    """What an interrupted run says."""
+    return f"%%torchrun interrupted; {ranks} rank{'s' if ranks > 1 else ''} stopped"
+
+
+def timed_out_message(timeout: float) -> str:
+    """What a run stopped by ``--timeout`` says."""
+    return f"stopped after the --timeout of {timeout:g} s"
+
+
 def _stream(lines: queue.Queue, output: list[str], deadline: float | None, timeout: float | None) -> None:
     """Show lines until the end of output; TorchrunError once ``deadline`` passes."""
     while True:
@@ -261,7 +271,7 @@ def _stream(lines: queue.Queue, output: list[str], deadline: float | None, timeo
             line = lines.get(timeout=0.1)
         except queue.Empty:
             if deadline and time.monotonic() > deadline:
-                raise TorchrunError(f"stopped after the --timeout of {timeout:g} s") from None
+                raise TorchrunError(timed_out_message(timeout)) from None
             continue
         if line is None:
             return
@@ -304,8 +314,7 @@ def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: fl
             if not interrupted or _is_rank_output(line):
                 _show(line, output)
         if interrupted:
-            stopped = f"{plan.ranks} rank{'s' if plan.ranks > 1 else ''} stopped"
-            raise TorchrunInterrupted(f"%%torchrun interrupted; {stopped}") from None
+            raise TorchrunInterrupted(interrupted_message(plan.ranks)) from None
         raise
     finally:
         process.wait()

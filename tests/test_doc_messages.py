@@ -1,0 +1,120 @@
+"""Every error message the docs quote is the code's own: each quote (``UsageError: ...`` and the
+like in README.md and docs/, and troubleshooting's headings) is matched, as a template, against the
+message the code builds for that case; a quote without a row here fails, so they cannot drift.
+
+In a quote, ``...`` and ``<...>`` stand for any text, and a capital letter alone (``N``, ``T``, ``S``,
+``N×C``) for a value.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from IPython.core.error import UsageError
+
+from ipcmagic import bounded, cluster, torchrun
+from ipcmagic.cluster import EnginePlan, plan_engines, require_command
+from ipcmagic.gpus import gpu_sets
+from ipcmagic.slurm import Allocation
+from tests.conftest import ROOT
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_QUOTE = re.compile(
+    r"`((?:UsageError|ClusterError|TorchrunError|ParallelTimeout|KeyboardInterrupt|ipcmagic): [^`]+)`"
+)
+_HEADING = re.compile(r"^\*\*`([^`]+)`\.\*\*", re.M)  # troubleshooting: **`message`.** what to do
+ROW = {"id": 1, "rank": 1, "pid": 4242, "host": "nid001"}
+
+
+def usage_error(call, *args, **kwargs) -> str:
+    with pytest.raises(UsageError) as raised:
+        call(*args, **kwargs)
+    return f"UsageError: {raised.value}"
+
+
+def too_few_gpus() -> str:
+    engines = [{"id": i, "host": "vm", "gpus": "0,1,2"} for i in range(2)]
+    with pytest.raises(ValueError) as raised:
+        gpu_sets(engines, 2)
+    return str(raised.value)
+
+
+def messages(monkeypatch) -> dict[str, str]:
+    """The message the code builds for each quoted case, by the docs' wording of the case."""
+    from ipyparallel.error import EngineError
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    plan = EnginePlan("srun", 4)
+    rows = [{"rank": None, "size": 1}] * 4
+    return {
+        "rank 1 exited": "TorchrunError: "
+        + torchrun._failure("srun: error: nid001: task 1: Exited with exit code 3\n", 3),
+        "torchrun interrupted": f"KeyboardInterrupt: {torchrun.interrupted_message(2)}",
+        "torchrun timeout": f"TorchrunError: {torchrun.timed_out_message(30)}",
+        "lost engine": cluster.lost_engines_message([ROW]),
+        "not on PATH": usage_error(require_command, "srun"),
+        "already running": f"UsageError: {cluster.already_running(plan)}",
+        "pxtimeout lost": f"ParallelTimeout: {bounded.restarted_message(60, 3, [ROW], 3)}",
+        "start interrupted": f"KeyboardInterrupt: {cluster.INTERRUPTED_START}",
+        "not one world": f"ClusterError: {cluster.split_worlds(rows, 4)}",
+        "launcher exited": "ClusterError: "
+        + cluster._start_failure(plan, EngineError("exited"), "srun: error: ...", 0, 60),
+        "registered within": "ClusterError: " + cluster._start_failure(plan, TimeoutError(), "out", 2, 60),
+        "too few GPUs": f"ClusterError: {too_few_gpus()}",
+        "too many CPUs": usage_error(plan_engines, Allocation("1", ("vm",), (5,), 5), n=4, cpus_per_engine=2),
+    }
+
+
+#: the row of each quote: which case it quotes
+CASES = {
+    "TorchrunError: rank 1 exited with code 3": "rank 1 exited",
+    "KeyboardInterrupt: %%torchrun interrupted; 2 ranks stopped": "torchrun interrupted",
+    "TorchrunError: stopped after the --timeout of S s": "torchrun timeout",
+    "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) died. %ipcluster status shows the cluster; "
+    "%ipcluster restart starts all engines anew.": "lost engine",
+    "UsageError: srun is not on PATH; load it ...": "not on PATH",
+    "UsageError: A cluster with N ... engines is already running; stop it first": "already running",
+    "ParallelTimeout: ... engine 1 (MPI rank 1, pid 4242 on nid001) died; all 3 engines were restarted, "
+    "so their variables are gone.": "pxtimeout lost",
+    "KeyboardInterrupt: %ipcluster start interrupted; everything started was stopped.": "start interrupted",
+    "ClusterError: The N engines are not one MPI world: they see COMM_WORLD sizes [1], not N. ...": (
+        "not one world"
+    ),
+    "The N engines are not one MPI world": "not one world",
+    "ClusterError: Starting N srun engines failed: the srun launcher exited ...": "launcher exited",
+    "ClusterError: ... 2 of 4 engines registered within 60 s": "registered within",
+    "N engines with C CPU(s) each need N×C CPUs, but this allocation has T": "too many CPUs",
+    "ClusterError: 2 engines on vm need 4 GPUs, but CUDA_VISIBLE_DEVICES there lists 3 (0,1,2); use "
+    "fewer engines or --gpus-per-engine.": "too few GPUs",
+    "UsageError: <what is wrong and what to do>": None,  # the form of every UsageError, no message
+}
+
+
+def quotes() -> set[str]:
+    found = set()
+    for page in PAGES:
+        text = page.read_text()
+        found |= {" ".join(q.split()) for q in _QUOTE.findall(text)}  # as one line, however wrapped
+        found |= {q for q in _HEADING.findall(text) if re.search(r"\b[A-Z]\b", q)}  # a message, not a command
+    return found
+
+
+def template(quote: str) -> re.Pattern:
+    """The quote as a pattern: ``...``/``<...>`` any text, a lone capital (``N``, ``N×C``) a value."""
+    pattern = re.escape(quote)
+    pattern = re.sub(r"\\\.\\\.\\\.|<[^>]*>", ".*", pattern)
+    pattern = re.sub(r"\b[A-Z](?:×[A-Z])?\b", r"\\S+", pattern)
+    return re.compile(pattern)
+
+
+def test_every_quote_has_a_case():
+    assert sorted(quotes() - CASES.keys()) == []
+
+
+@pytest.mark.parametrize("quote", sorted(q for q, case in CASES.items() if case))
+def test_the_quote_is_what_the_code_says(quote, monkeypatch):
+    said = messages(monkeypatch)[CASES[quote]]
+    pattern = template(quote)  # a quote with its error's name from the start, a heading anywhere
+    found = pattern.match(said) if _QUOTE.fullmatch(f"`{quote}`") else pattern.search(said)
+    assert found, f"{quote!r} is not what the code says: {said!r}"
