@@ -581,21 +581,22 @@ class IPCluster(LoggingConfigurable):
         """The engines of the last start or restart that are no longer registered, or dead."""
         if self.client is None:
             return []
-        alive = set(self.client.ids)
-        return [row for i, row in self.roster.items() if i not in alive or self._dead(i)]
+        lost = self._known_dead() | (self.roster.keys() - set(self.client.ids))
+        return [row for i, row in self.roster.items() if i in lost]
 
     def _gone(self, engine_id: int) -> dict[str, Any]:
         """A lost engine's row: as started, so its rank, host and pid say which one it was."""
         return {**self.roster.get(engine_id, _row(engine_id, "gone")), "state": "gone"}
 
-    def _dead(self, engine_id: int) -> bool:
-        """Whether a registered engine is known to be dead, before the controller's heartbeats tell:
-        its srun or mpirun has exited (taking every rank along), or its process on this node is gone."""
+    def _known_dead(self) -> set[int]:
+        """The engines known to be dead before the controller's heartbeats tell: all of them when
+        their srun or mpirun has exited (it takes every rank along), else those whose process on
+        this node is gone."""
         launchers = list(self.cluster.engines.values())
         if self.plan.launcher != "local" and launchers and not any(la.running for la in launchers):
-            return True
-        row = self.roster.get(engine_id)
-        return bool(row) and row["host"] == socket.gethostname() and not _process_alive(row["pid"])
+            return set(self.roster)
+        here = socket.gethostname()
+        return {i for i, row in self.roster.items() if row["host"] == here and not _process_alive(row["pid"])}
 
     def controller_alive(self) -> bool:
         return _process_alive(self.cluster.controller.process.pid)
@@ -623,12 +624,12 @@ class IPCluster(LoggingConfigurable):
         deadline = time.monotonic() + timeout
         for reply in asked.values():
             reply.wait(max(0.0, deadline - time.monotonic()))
-        rows = {}
+        rows, dead = {}, self._known_dead()
         for i, reply in asked.items():
             if reply.ready() and reply.successful():
                 rows[i] = _row(i, "alive", **reply.get())
             else:
-                rows[i] = self._gone(i) if self._dead(i) else _row(i, "busy")
+                rows[i] = self._gone(i) if i in dead else _row(i, "busy")
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
@@ -636,10 +637,12 @@ class IPCluster(LoggingConfigurable):
 
 def describe_engines(rows: list[dict[str, Any]]) -> str:
     """``engine 1 (MPI rank 1, pid 4242 on nid001), ...`` (no rank for engines without MPI)."""
-    ranks = [f"MPI rank {e['rank']}, " if e["rank"] is not None else "" for e in rows]
-    return ", ".join(
-        f"engine {e['id']} ({rank}pid {e['pid']} on {e['host']})" for e, rank in zip(rows, ranks, strict=True)
-    )
+
+    def one(e: dict[str, Any]) -> str:
+        rank = "" if e["rank"] is None else f"MPI rank {e['rank']}, "
+        return f"engine {e['id']} ({rank}pid {e['pid']} on {e['host']})"
+
+    return ", ".join(map(one, rows))
 
 
 def _process_alive(pid: int) -> bool:

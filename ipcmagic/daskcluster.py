@@ -25,14 +25,22 @@ def cluster_security() -> Any:
     return Security.temporary()
 
 
+def tls_config(security: Any, role: str) -> dict[str, Any]:
+    """dask's configuration for TLS with ``security``'s certificate, as ``role`` (scheduler, client)."""
+    return {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": security.tls_ca_file,
+        f"distributed.comm.tls.{role}.cert": getattr(security, f"tls_{role}_cert"),
+        f"distributed.comm.tls.{role}.key": getattr(security, f"tls_{role}_key"),
+    }
+
+
 def scheduler_env(security: Any) -> dict[str, str]:
     """The controller's environment that makes the scheduler ipyparallel starts there speak TLS
-    with ``security``'s certificate only."""
+    with ``security``'s certificate only: its :func:`tls_config` as dask's ``DASK_*`` variables."""
     return {
-        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": security.tls_ca_file,
-        "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": security.tls_scheduler_cert,
-        "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": security.tls_scheduler_key,
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in tls_config(security, "scheduler").items()
     }
 
 
@@ -48,13 +56,9 @@ def start_dask(client: Any, host: str, threads: int, timeout: float, security: A
     ``distributed.Client`` once all workers are there. The dashboard gets a free port."""
     import dask
 
-    client_tls = {
-        "distributed.comm.require-encryption": True,
-        "distributed.comm.tls.ca-file": security.tls_ca_file,
-        "distributed.comm.tls.client.cert": security.tls_client_cert,
-        "distributed.comm.tls.client.key": security.tls_client_key,
-    }
-    with dask.config.set(client_tls):  # for the Client become_dask makes, not for the kernel's others
+    with dask.config.set(
+        tls_config(security, "client")
+    ):  # for the Client become_dask makes, not for the kernel's others
         dask_client = client.become_dask(
             scheduler_args={"host": host, "protocol": "tls", "dashboard_address": f"{host}:0"},
             **worker_args(host, threads, security),

@@ -117,8 +117,9 @@ def forget_px_magics(shell: Any, client: Any) -> None:
     sockets, and a kernel would grow with each start and stop."""
     from ipyparallel.client.magics import ParallelMagics
 
-    stale = [c for c in shell.configurables if isinstance(c, ParallelMagics) and c.view.client is client]
-    shell.configurables[:] = [c for c in shell.configurables if not any(c is s for s in stale)]
+    shell.configurables[:] = [
+        c for c in shell.configurables if not (isinstance(c, ParallelMagics) and c.view.client is client)
+    ]
 
 
 @magics_class
