@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import signal
 
-from .cluster import IPCluster, describe_engines
+from .cluster import IPCluster
+from .losses import EnginesLost, describe_loss
 
 
 class ParallelTimeout(RuntimeError):
@@ -28,11 +29,14 @@ def run_bounded(cluster: IPCluster, cell: str, seconds: float, grace: float = 3.
     result = view.execute(cell, block=False, silent=False)
     with result.stream_output():
         finished = result.wait(seconds)
-    if finished:
+    lost = cluster.lost_engines()
+    if finished and not lost:
         result.display_outputs()
         result.get()  # a failed engine raises ipyparallel's CompositeError, as %%px does
         return
-    lost = cluster.lost_engines()
+    if finished:  # engines ended before the timeout: the cluster is made whole again
+        cluster.restart()
+        raise EnginesLost(f"{describe_loss(lost, cluster.step)}; {restarted(cluster.plan.n)}")
     alive = [i for i in cluster.client.ids if i not in {row["id"] for row in lost}]
     if alive:  # not waiting for replies: an engine may die meanwhile
         cluster.client.send_signal(signal.SIGINT, targets=alive, block=False)
@@ -43,18 +47,20 @@ def run_bounded(cluster: IPCluster, cell: str, seconds: float, grace: float = 3.
         )
     lost = lost or cluster.lost_engines()
     cluster.restart()
-    raise ParallelTimeout(restarted_message(seconds, cluster.plan.n, lost, grace))
+    raise ParallelTimeout(restarted_message(seconds, cluster.plan.n, lost, grace, cluster.step))
 
 
-def restarted_message(seconds: float, n: int, lost: list[dict], grace: float) -> str:
-    """What a bounded cell says after restarting the engines: which died, or that some were stuck."""
+def restarted_message(seconds: float, n: int, lost: list[dict], grace: float, step: str | None = None) -> str:
+    """What a bounded cell says after restarting the engines past its timeout: how engines ended,
+    or that some were stuck."""
     why = (
-        f"{describe_engines(lost)} died"
+        describe_loss(lost, step)
         if lost
         else f"some engines did not stop on SIGINT within {grace:g} s (for example ranks waiting in an "
         "MPI call for a rank that failed)"
     )
-    return (
-        f"The cell ran past its timeout of {seconds:g} s and {why}; all {n} engines were "
-        "restarted, so their variables are gone."
-    )
+    return f"The cell ran past its timeout of {seconds:g} s and {why}; {restarted(n)}"
+
+
+def restarted(n: int) -> str:
+    return f"all {n} engines were restarted, so their variables are gone."

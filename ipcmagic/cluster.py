@@ -24,6 +24,7 @@ from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
+from .losses import Follower, guard_targets, tell_controller
 from .slurm import Allocation
 from .status import ClusterStatus
 from .watchdog import Watchdog
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
 LOOPBACK = "127.0.0.1"
+#: seconds of a start's --timeout kept for stopping what a failed start started (srun's grace of
+#: 1 s after SIGTERM, then up to 2 s for Slurm to confirm that the step is gone)
+STOP_RESERVE = 3.0
 
 
 class ClusterError(RuntimeError):
@@ -54,14 +58,6 @@ def already_running(plan: EnginePlan) -> str:
     return (
         f"A cluster with {plan.n} {plan.launcher} engines is already running; "
         "stop it first with %ipcluster stop."
-    )
-
-
-def lost_engines_message(rows: list[dict[str, Any]]) -> str:
-    """What the output after a failed cell says of engines that died."""
-    return (
-        f"ipcmagic: {describe_engines(rows)} died. %ipcluster status shows the cluster; "
-        "%ipcluster restart starts all engines anew."
     )
 
 
@@ -322,6 +318,7 @@ class IPCluster(LoggingConfigurable):
         self.dask_security = None  # their certificate (distributed.security.Security)
         self.watchdog: Watchdog | None = None
         self.roster: dict[int, dict[str, Any]] = {}  # engines as started: id -> row of engines()
+        self.follower: Follower | None = None  # of the engines' launchers, since the last (re)start
         self.plan: EnginePlan | None = None
         self.started_at = 0.0
         atexit.register(self.shutdown)
@@ -393,7 +390,8 @@ class IPCluster(LoggingConfigurable):
         )
         self.plan, self.started_at = plan, time.monotonic()
         try:
-            self.client = self.cluster.start_and_wait_sync(plan.n, timeout)
+            # the stop after a failed start is part of the start: --timeout bounds both
+            self.client = self.cluster.start_and_wait_sync(plan.n, timeout - min(STOP_RESERVE, timeout / 2))
         except BaseException as e:
             self.client = self.cluster.client
             output, ready = self._launcher_output(), len(self.client.ids) if self.client else 0
@@ -401,6 +399,7 @@ class IPCluster(LoggingConfigurable):
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted(INTERRUPTED_START) from None
             raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
+        guard_targets(self.client, self.lost_engines, self.step)
         self._activate_px()
         self._take_roster()
         if plan.dask:
@@ -504,6 +503,9 @@ class IPCluster(LoggingConfigurable):
         if cluster is None:
             return
         self.cluster = self.client = self.watchdog = self.dask_client = self.dask_security = None
+        if self.follower is not None:
+            self.follower.forget()
+        self.follower, self.roster = None, {}
         if dask_client is not None:
             dask_client.close()
         if client is not None:
@@ -539,12 +541,11 @@ class IPCluster(LoggingConfigurable):
 
     def _restart_engines(self, timeout: float) -> None:
         stopped = list(self.client.ids)
+        self.follower.forget()
         self.cluster.stop_engines_sync()
-        for engine_id in stopped:  # as each engine's nanny would, had it outlived its engine:
-            # the controller forgets them now instead of after heartbeat_tolerance
-            self.client.session.send(
-                self.client._query_socket, "unregistration_request", content={"id": engine_id}
-            )
+        # as each engine's nanny would, had it outlived its engine: the controller forgets them now
+        # instead of after heartbeat_tolerance
+        tell_controller(self.connection_file, stopped)
         deadline = time.monotonic() + timeout
         while self.client.ids:  # the controller unregisters the stopped engines
             if time.monotonic() > deadline:
@@ -576,27 +577,36 @@ class IPCluster(LoggingConfigurable):
         for reply in [self.client[i].apply_async(use_gpus, devices) for i, devices in gpus.items()]:
             reply.get()
         self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
+        self.follower = Follower(self.roster, self.connection_file, self.step)
+        self.follower.follow(self._engine_launchers())
+
+    @property
+    def step(self) -> str | None:
+        """srun or mpirun: the one launcher of every engine; None for local engines."""
+        return None if self.plan.launcher == "local" else self.plan.launcher
+
+    def _engine_launchers(self) -> list[Any]:
+        """The processes that run the engines: srun or mpirun, or each local engine's."""
+        sets = list(self.cluster.engines.values())
+        return sets if self.step else [la for each in sets for la in each.launchers.values()]
 
     def lost_engines(self) -> list[dict[str, Any]]:
-        """The engines of the last start or restart that are no longer registered, or dead."""
-        if self.client is None:
+        """The engines of the last start or restart that are no longer registered, or dead, each
+        with how it ended (``fate``)."""
+        if self.client is None or self.follower is None:
             return []
-        lost = self._known_dead() | (self.roster.keys() - set(self.client.ids))
-        return [row for i, row in self.roster.items() if i in lost]
+        return self.follower.rows(self._known_dead() | (self.roster.keys() - set(self.client.ids)))
 
     def _gone(self, engine_id: int) -> dict[str, Any]:
         """A lost engine's row: as started, so its rank, host and pid say which one it was."""
         return {**self.roster.get(engine_id, _row(engine_id, "gone")), "state": "gone"}
 
     def _known_dead(self) -> set[int]:
-        """The engines known to be dead before the controller's heartbeats tell: all of them when
-        their srun or mpirun has exited (it takes every rank along), else those whose process on
-        this node is gone."""
-        launchers = list(self.cluster.engines.values())
-        if self.plan.launcher != "local" and launchers and not any(la.running for la in launchers):
-            return set(self.roster)
+        """The engines known to be dead before the controller's heartbeats tell: those whose
+        launcher exited, and those whose process on this node is gone."""
         here = socket.gethostname()
-        return {i for i, row in self.roster.items() if row["host"] == here and not _process_alive(row["pid"])}
+        gone = {i for i, row in self.roster.items() if row["host"] == here and not _process_alive(row["pid"])}
+        return gone | set(self.follower.fates if self.follower else ())
 
     def controller_alive(self) -> bool:
         return _process_alive(self.cluster.controller.process.pid)
@@ -633,16 +643,6 @@ class IPCluster(LoggingConfigurable):
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
-
-
-def describe_engines(rows: list[dict[str, Any]]) -> str:
-    """``engine 1 (MPI rank 1, pid 4242 on nid001), ...`` (no rank for engines without MPI)."""
-
-    def one(e: dict[str, Any]) -> str:
-        rank = "" if e["rank"] is None else f"MPI rank {e['rank']}, "
-        return f"engine {e['id']} ({rank}pid {e['pid']} on {e['host']})"
-
-    return ", ".join(map(one, rows))
 
 
 def _process_alive(pid: int) -> bool:

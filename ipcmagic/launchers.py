@@ -93,6 +93,12 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         0, config=True, help="GPUs per engine (srun --gpus-per-task; Slurm sets CUDA_VISIBLE_DEVICES)."
     )
 
+    @default("stop_seconds_until_kill")
+    def _stop_seconds_until_kill_default(self) -> int:
+        # srun ends its step within 0.2 s of SIGTERM; one that does not (slurmctld down) gets
+        # SIGKILL after 1 s instead of ipyparallel's 5 s, and the watchdog does the rest
+        return 1
+
     def find_args(self) -> list[str]:
         options = ["-n", str(self.n), f"--cpus-per-task={self.cpus_per_engine}"]
         options.append(f"--job-name={step_name(self.cluster_id)}")

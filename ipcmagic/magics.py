@@ -15,7 +15,8 @@ from IPython.display import display
 
 from . import __version__
 from .bounded import run_bounded
-from .cluster import LAUNCHERS, IPCluster, lost_engines_message
+from .cluster import LAUNCHERS, IPCluster
+from .losses import EnginesLost, lost_engines_message
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
@@ -132,12 +133,12 @@ class IPClusterMagics(Magics):
         self.torchrun_defaults = Torchrun(parent=self)
 
     def report_lost_engines(self, result) -> None:
-        """After a failed cell, say which engines died (ipyparallel only says "N errors")."""
-        if result.error_in_exec is None or not self.cluster.running:
+        """After a failed cell, say which engines ended and how (ipyparallel only says "N errors")."""
+        if result.error_in_exec is None or isinstance(result.error_in_exec, EnginesLost):
             return
-        lost = self.cluster.lost_engines()
+        lost = self.cluster.lost_engines() if self.cluster.running else []
         if lost:
-            print(lost_engines_message(lost), file=sys.stderr)
+            print(f"ipcmagic: {lost_engines_message(lost, self.cluster.step)}", file=sys.stderr)
 
     @magic_arguments()
     @argument("action", nargs="?", choices=("start", "stop", "status", "restart"), help="What to do.")

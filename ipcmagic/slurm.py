@@ -146,6 +146,12 @@ def expand_counts(counts: str) -> list[int]:
     return result
 
 
+#: seconds a Slurm query may take (slurmctld may be down or busy)
+SLURM_TIMEOUT = 10
+#: what scontrol says of a job it does not know
+_INVALID_JOB = re.compile(r"Invalid job id", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Allocation:
     """The Slurm job (allocation) a process runs in, as its environment describes it.
@@ -179,9 +185,16 @@ class Allocation:
         )
 
     def _scontrol(self, field: str) -> int:
-        shown = subprocess.run(
-            ["scontrol", "show", "job", "--oneliner", self.job_id], capture_output=True, text=True, timeout=30
-        )
+        command = ["scontrol", "show", "job", "--oneliner", self.job_id]
+        try:
+            shown = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            shown = subprocess.CompletedProcess(command, 1, "", f"no answer within {SLURM_TIMEOUT} s")
+        if shown.returncode and not _INVALID_JOB.search(shown.stderr):
+            raise UsageError(
+                f"Slurm did not answer 'scontrol show job {self.job_id}' ({shown.stderr.strip()}): "
+                "slurmctld is down or busy. Try again in a moment."
+            )
         if shown.returncode:
             raise UsageError(
                 f"Slurm does not know job {self.job_id} of this kernel's SLURM_JOB_ID "

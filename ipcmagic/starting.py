@@ -20,6 +20,16 @@ class Cluster(ipp.Cluster):
 
     client: Any = None  # the connected Client, also when waiting for the engines failed
 
+    def _synchronize(self, async_f: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run every ``_sync`` method on the one thread whose event loop lives as long as the
+        cluster, as ipyparallel does in a Jupyter kernel; in a terminal it would run each on a loop
+        it closes at return, and the launchers' exit callbacks (:mod:`ipcmagic.losses`) would never
+        run. Guarded: without ``_in_thread``, ipyparallel's own choice."""
+        run = getattr(super(), "_in_thread", None)
+        if run is None:
+            return super()._synchronize(async_f, *args, **kwargs)
+        return run(async_f, *args, **kwargs)
+
     async def start_and_wait(self, n: int, timeout: float) -> Any:
         """Start the controller and ``n`` engines, connect, wait until all are registered.
 

@@ -25,7 +25,8 @@ from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .cluster import Interrupted, require_command, resolve_launcher
-from .slurm import BLOCK, Allocation, expand_range, step_env
+from .exits import by_returncode, describe, rank_exits
+from .slurm import BLOCK, Allocation, step_env
 from .watchdog import Watchdog
 
 LAUNCHERS = ("auto", "standalone", "srun")
@@ -84,14 +85,6 @@ os._exit(int(status))
 _PREFIX = re.compile(r"^(?:\[default(\d+)\]:|\s*(\d+): )")
 #: slurmstepd's word on a cancelled step, labelled as a rank's line by srun --label
 _CANCELLED = re.compile(r"slurmstepd\S*: error: \*\*\* STEP \S+ .*CANCELLED")
-#: torchrun's failure report (``rank : 1 ...`` then ``exitcode : 3``) and srun's
-#: (``task 1: Exited ...``, ``tasks 0-1,3: Exited ...``); anchored at line starts, so linear
-_FAILED_RANK = re.compile(
-    r"^\s*rank\s*:\s*(\d+).*\n\s*exitcode\s*:\s*(-?\d+)|\btasks? ([\d,-]+): Exited with exit code (\d+)",
-    re.MULTILINE,
-)
-#: the failure reports stand at the end of the output
-_REPORT_LINES = 200
 
 
 class TorchrunError(RuntimeError):
@@ -131,11 +124,13 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class TorchrunPlan:
-    """What will run: the argv, the complete environment, and how many ranks that starts."""
+    """What will run: the argv, the complete environment, how many ranks that starts, and the
+    launcher's name (torchrun, srun)."""
 
     argv: list[str]
     env: dict[str, str]
     ranks: int
+    launcher: str
 
 
 def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -167,7 +162,7 @@ def plan_standalone(
         python,
         *program,
     ]
-    return TorchrunPlan(argv, clean_env(env), nproc)
+    return TorchrunPlan(argv, clean_env(env), nproc, "torchrun")
 
 
 def plan_srun(
@@ -212,7 +207,7 @@ def plan_srun(
         "MASTER_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     }
-    return TorchrunPlan(argv, task_env, nproc * nnodes)
+    return TorchrunPlan(argv, task_env, nproc * nnodes, "srun")
 
 
 def _prefixed(line: str) -> str:
@@ -223,15 +218,9 @@ def _prefixed(line: str) -> str:
     return f"[{match[1] or match[2]}] {line[match.end() :]}"
 
 
-def _failure(output: str, returncode: int) -> str:
-    report = "\n".join(output.splitlines()[-_REPORT_LINES:])
-    ranks = []
-    for match in _FAILED_RANK.finditer(report):
-        tasks = [match[1]] if match[1] else expand_range(match[3])
-        ranks += [(rank, match[2] or match[4]) for rank in tasks]
-    if ranks:
-        return "; ".join(f"rank {rank} exited with code {code}" for rank, code in ranks)
-    return f"the launcher exited with code {returncode}"
+def _failure(output: str, returncode: int, launcher: str) -> str:
+    """Which ranks failed and how, in the launcher's words; else how the launcher ended."""
+    return describe(rank_exits(output), launcher) or f"{launcher} {by_returncode(returncode)}"
 
 
 def _stop(process: subprocess.Popen, grace: float) -> None:
@@ -321,7 +310,7 @@ def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: fl
         reader.join()
         process.stdout.close()
     if process.returncode:
-        raise TorchrunError(_failure("".join(output), process.returncode))
+        raise TorchrunError(_failure("".join(output), process.returncode, plan.launcher))
 
 
 class Torchrun(LoggingConfigurable):

@@ -19,7 +19,9 @@ cancelled (JupyterHub's "Stop My Server"), reaches its time limit or is preempte
 SIGKILL follows after the cluster's KillWait; so the watchdog cleans up at once, files
 first, instead of dying with the kernel and leaving them.
 
-A clean stop writes ``stop`` to the pipe first; the watchdog then exits doing nothing.
+A clean stop writes ``stop`` to the pipe first; the watchdog then exits doing nothing. When
+Slurm did not confirm within 2 s that the step is gone (slurmctld down or busy), the stop
+returns anyway and writes ``finish``: the watchdog then cancels the step once Slurm answers.
 While it waits, it also ends the helper processes of a controller that died (they would keep
 answering the engines' heartbeat checks), so that the engines exit by themselves.
 """
@@ -41,6 +43,10 @@ from pathlib import Path
 CONTROLLER = re.compile(rb"(ipcmagic|ipyparallel)\.controller")
 #: seconds a Slurm command may take in a clean-up (slurmctld may be down or busy)
 SLURM_TIMEOUT = 5
+#: seconds a clean stop waits for Slurm to confirm that the step is gone; then the watchdog finishes
+CONFIRM_TIMEOUT = 2.0
+#: how long the watchdog keeps trying to cancel the step after such a stop (the job may end first)
+FINISH_WITHIN = 3600
 
 
 class JobEnding(Exception):
@@ -64,12 +70,25 @@ class Watchdog:
         os.close(read_end)
 
     def release(self) -> None:
-        """After a stop: remove whatever is left, then let the watchdog exit."""
+        """After a stop: remove whatever is left, then let the watchdog exit. When Slurm does not
+        confirm in time that the step is gone, say so: the watchdog cancels it once Slurm answers."""
         marker, directory, job_id, step = self.guarded
-        clean_up(marker, directory, job_id, step, grace=1.0)
-        os.write(self._write_end, b"stop\n")
+        confirmed = clean_up(marker, directory, job_id, step, grace=1.0, slurm_timeout=CONFIRM_TIMEOUT)
+        os.write(self._write_end, b"stop\n" if confirmed else b"finish\n")
         os.close(self._write_end)
-        self.process.wait()
+        if confirmed:
+            self.process.wait()
+        else:
+            print(unconfirmed(step), file=sys.stderr)
+
+
+def unconfirmed(step: str) -> str:
+    """What a stop says when Slurm did not answer."""
+    return (
+        f"ipcmagic: Slurm did not answer within {CONFIRM_TIMEOUT:g} s, so it has not confirmed that job "
+        f"step {step} ended; its processes on this node are gone, and a watchdog cancels the step once "
+        "Slurm answers."
+    )
 
 
 def _marked_pids(marker_text: str) -> list[int]:
@@ -92,32 +111,51 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def _cancel_steps(job_id: str, name: str) -> None:
+def _cancel_steps(job_id: str, name: str, timeout: float = SLURM_TIMEOUT) -> bool:
+    """Cancel the job's steps called ``name``; whether Slurm answered (the processes on this host
+    are signalled anyway)."""
     try:
-        out = subprocess.run(
+        listed = subprocess.run(
             ["squeue", "--steps", "-h", "-j", job_id, "-o", "%i %j"],
             capture_output=True,
             text=True,
-            timeout=SLURM_TIMEOUT,
-        ).stdout
-        steps = [line.split()[0] for line in out.splitlines() if line.split()[1:] == [name]]
-        if steps:
-            subprocess.run(["scancel", *steps], stderr=subprocess.DEVNULL, timeout=SLURM_TIMEOUT)
+            timeout=timeout,
+        )
+        steps = [line.split()[0] for line in listed.stdout.splitlines() if line.split()[1:] == [name]]
+        if listed.returncode or not steps:
+            return listed.returncode == 0
+        cancel = subprocess.run(["scancel", *steps], stderr=subprocess.DEVNULL, timeout=timeout)
+        return cancel.returncode == 0
     except (OSError, subprocess.SubprocessError):
-        pass  # the processes on this host are signalled anyway
+        return False
 
 
-def clean_up(marker: str, directory: str, job_id: str | None, step: str, grace: float = 5.0) -> None:
-    """Stop everything ``marker`` marks: SIGTERM, files, step cancel, SIGKILL after ``grace``."""
+def clean_up(
+    marker: str,
+    directory: str,
+    job_id: str | None,
+    step: str,
+    grace: float = 5.0,
+    slurm_timeout: float = SLURM_TIMEOUT,
+) -> bool:
+    """Stop everything ``marker`` marks: SIGTERM, files, step cancel, SIGKILL after ``grace``;
+    whether Slurm confirmed that the step is gone (True without a job)."""
     _signal_all(_marked_pids(marker), signal.SIGTERM)
     shutil.rmtree(directory, ignore_errors=True)  # first: SIGKILL may follow soon on a job's end
-    if job_id:
-        _cancel_steps(job_id, step)
+    confirmed = _cancel_steps(job_id, step, slurm_timeout) if job_id else True
     deadline = time.monotonic() + grace
     while (left := _marked_pids(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     _signal_all(left, signal.SIGKILL)
     shutil.rmtree(directory, ignore_errors=True)  # what the processes wrote while stopping
+    return confirmed
+
+
+def _finish(job_id: str | None, step: str) -> None:
+    """After a stop that Slurm did not confirm: cancel the step once Slurm answers."""
+    deadline = time.monotonic() + FINISH_WITHIN
+    while job_id and not _cancel_steps(job_id, step) and time.monotonic() < deadline:
+        time.sleep(SLURM_TIMEOUT)
 
 
 def _reap_orphaned_controller(marker: str, kernel: int) -> None:
@@ -145,12 +183,12 @@ def _job_ending(signum: int, frame: object) -> None:
     raise JobEnding
 
 
-def _wait(marker: str) -> bool:
-    """Wait for the kernel's word; True when it said ``stop``, False when it died."""
+def _wait(marker: str) -> bytes:
+    """Wait for the kernel's word: ``stop``, ``finish``, or nothing when it died."""
     kernel = os.getppid()
     while not select.select([sys.stdin], [], [], 1.0)[0]:
         _reap_orphaned_controller(marker, kernel)
-    return os.read(sys.stdin.fileno(), 16) == b"stop\n"
+    return os.read(sys.stdin.fileno(), 16).strip()
 
 
 def main() -> None:
@@ -164,12 +202,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _job_ending)
     grace = 5.0
     try:
-        if _wait(args.marker):
-            return
+        word = _wait(args.marker)
     except JobEnding:
-        grace = 1.0  # Slurm's KillWait (30 s by default) is the limit
+        word, grace = b"", 1.0  # Slurm's KillWait (30 s by default) is the limit
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    clean_up(args.marker, args.directory, args.job_id, args.step, grace)
+    if word == b"finish":
+        _finish(args.job_id, args.step)
+    elif word != b"stop":
+        clean_up(args.marker, args.directory, args.job_id, args.step, grace)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import re
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic import bounded, cluster, torchrun
+from ipcmagic import bounded, cluster, losses, torchrun
 from ipcmagic.cluster import EnginePlan, plan_engines, require_command
 from ipcmagic.gpus import gpu_sets
 from ipcmagic.slurm import Allocation
@@ -21,10 +21,23 @@ from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _QUOTE = re.compile(
-    r"`((?:UsageError|ClusterError|TorchrunError|ParallelTimeout|KeyboardInterrupt|ipcmagic): [^`]+)`"
+    r"`((?:UsageError|ClusterError|TorchrunError|ParallelTimeout|EnginesLost|KeyboardInterrupt|ipcmagic)"
+    r": [^`]+)`"
 )
 _HEADING = re.compile(r"^\*\*`([^`]+)`\.\*\*", re.M)  # troubleshooting: **`message`.** what to do
-ROW = {"id": 1, "rank": 1, "pid": 4242, "host": "nid001"}
+ROW = {"id": 1, "rank": 1, "pid": 4242, "host": "nid001", "fate": "exited with code 3", "report": 0}
+#: the others of ROW's step, which srun then stopped
+OTHERS = [
+    {
+        "id": i,
+        "rank": i,
+        "pid": 4241 + i,
+        "host": "nid001",
+        "fate": "was killed by SIGKILL (Killed)",
+        "report": 1,
+    }
+    for i in (0, 2)
+]
 
 
 def usage_error(call, *args, **kwargs) -> str:
@@ -47,15 +60,21 @@ def messages(monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("PATH", "/nonexistent")
     plan = EnginePlan("srun", 4)
     rows = [{"rank": None, "size": 1}] * 4
+    step = [ROW, *OTHERS]
     return {
         "rank 1 exited": "TorchrunError: "
-        + torchrun._failure("srun: error: nid001: task 1: Exited with exit code 3\n", 3),
+        + torchrun._failure(
+            "srun: error: nid001: task 1: Exited with exit code 3\nsrun: error: nid001: task 0: Terminated\n",
+            3,
+            "srun",
+        ),
         "torchrun interrupted": f"KeyboardInterrupt: {torchrun.interrupted_message(2)}",
         "torchrun timeout": f"TorchrunError: {torchrun.timed_out_message(30)}",
-        "lost engine": cluster.lost_engines_message([ROW]),
+        "lost engine": f"ipcmagic: {losses.lost_engines_message(step, 'srun')}",
+        "engines lost": f"EnginesLost: {losses.lost_engines_message(step, 'srun')}",
+        "pxtimeout restarted": f"EnginesLost: {losses.describe_loss(step, 'srun')}; {bounded.restarted(3)}",
         "not on PATH": usage_error(require_command, "srun"),
         "already running": f"UsageError: {cluster.already_running(plan)}",
-        "pxtimeout lost": f"ParallelTimeout: {bounded.restarted_message(60, 3, [ROW], 3)}",
         "start interrupted": f"KeyboardInterrupt: {cluster.INTERRUPTED_START}",
         "not one world": f"ClusterError: {cluster.split_worlds(rows, 4)}",
         "launcher exited": "ClusterError: "
@@ -68,15 +87,21 @@ def messages(monkeypatch) -> dict[str, str]:
 
 #: the row of each quote: which case it quotes
 CASES = {
-    "TorchrunError: rank 1 exited with code 3": "rank 1 exited",
+    "TorchrunError: rank 1 exited with code 3; srun then stopped the others: rank 0 with SIGTERM": (
+        "rank 1 exited"
+    ),
     "KeyboardInterrupt: %%torchrun interrupted; 2 ranks stopped": "torchrun interrupted",
     "TorchrunError: stopped after the --timeout of S s": "torchrun timeout",
-    "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) died. %ipcluster status shows the cluster; "
+    "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; srun then stopped the others: "
+    "engine 0 (MPI rank 0, pid 4241 on nid001), engine 2 (MPI rank 2, pid 4243 on nid001) with SIGKILL. "
     "%ipcluster restart starts all engines anew.": "lost engine",
+    "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; srun then stopped the "
+    "others: ...": "lost engine",
+    "EnginesLost: engine 1 ... %ipcluster restart starts all engines anew.": "engines lost",
+    "EnginesLost: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; ... all 3 engines were "
+    "restarted, so their variables are gone.": "pxtimeout restarted",
     "UsageError: srun is not on PATH; load it ...": "not on PATH",
     "UsageError: A cluster with N ... engines is already running; stop it first": "already running",
-    "ParallelTimeout: ... engine 1 (MPI rank 1, pid 4242 on nid001) died; all 3 engines were restarted, "
-    "so their variables are gone.": "pxtimeout lost",
     "KeyboardInterrupt: %ipcluster start interrupted; everything started was stopped.": "start interrupted",
     "ClusterError: The N engines are not one MPI world: they see COMM_WORLD sizes [1], not N. ...": (
         "not one world"

@@ -59,6 +59,13 @@ SLEEPING_PX = """%%px
 import time
 print("sleeping 60 s", flush=True)
 time.sleep(60)"""
+DYING_PX = """%%px
+import os, time
+from mpi4py import MPI
+time.sleep(3)  # long enough for ipyparallel's progress bar
+if MPI.COMM_WORLD.rank == 3:
+    os._exit(3)  # rank 3, on the other node, fails while the others wait for it
+MPI.COMM_WORLD.Barrier()"""
 #: the cells of journey.ipynb, by what the test calls them
 JOURNEY = {
     "load": "%load_ext ipcmagic",
@@ -76,6 +83,8 @@ MULTINODE = {
     "start": "%ipcluster start",
     "status": "%ipcluster status",
     "torchrun": TORCH_CELL.format(args="--nnodes 2 -n 1"),
+    "rank dies": DYING_PX,
+    "restart": "%ipcluster restart",
     "long torchrun": SLEEPING_TORCHRUN,
 }
 #: processes of the user's server itself: the batch script, its srun, the server, its kernels
@@ -555,4 +564,20 @@ def test_two_nodes(hub2, page, shots_dir):
     c = run(page, cells.index("torchrun"))
     shot(page, "torchrun", c)
     assert sorted(re.findall(r"\[(\d)\] \1 (n\d) 3\.0", output(c))) == [("0", "n1"), ("1", "n2")], output(c)
+    rank_dies(page, shot, cells.index("rank dies"))
+    assert re.search(r"4 engines restarted in [\d.]+ s", output(run(page, cells.index("restart"))))
     busy_stop(page, hub2, shot, cells.index("long torchrun"))
+
+
+def rank_dies(page, shot: Shots, index: int) -> None:
+    """Rank 3 exits on n2 during a barrier: one failure block, ending in what happened, the advice once
+    (tests/test_engine_loss.py measures the time to failure)."""
+    started = time.monotonic()
+    c = run(page, index)
+    TIMINGS["%%px with a rank dying after 3 s"] = time.monotonic() - started
+    shot(page, "px-rank-died", c, doc="px-rank-died.png")
+    lines = [line for line in output(c).splitlines() if line.strip()]
+    assert lines[-1].startswith("ipcmagic: engine 3 (MPI rank 3, pid "), lines
+    assert " on n2) exited with code 3; srun then stopped the others: engine 0 " in lines[-1], lines
+    assert sum("%ipcluster restart" in line for line in lines) == 1, lines
+    assert c.locator(".widget-hprogress").count() <= 1, lines

@@ -4,13 +4,19 @@ leave no process, job step or file of a cluster or of a ``%%torchrun`` run behin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+import ipcmagic
+from ipcmagic.cluster import ClusterError
+from ipcmagic.watchdog import unconfirmed
 
 #: a kernel-like process: a cluster, then a long %%torchrun cell; says when both run
 KERNEL = """
@@ -63,3 +69,35 @@ def test_killed_kernel_stops_its_torchrun(request, torch_installed, nothing_left
     os.kill(kernel.pid, signal.SIGKILL)
     kernel.wait()
     kernel.stdout.close()
+
+
+@contextlib.contextmanager
+def slurmctld_down():
+    """slurmctld stops answering (SIGSTOP: a controller that is down or busy), then comes back."""
+    pid = int((Path(os.environ["SLURM_CONF"]).parents[1] / "run" / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_stop_and_a_failed_start_are_bounded_with_slurmctld_down(ip, in_allocation, monkeypatch, capfd):
+    """slurmctld down: %ipcluster stop took 23 s and --timeout 20 returned after 27 s (issue 21);
+    now stop returns within 5 s saying what Slurm did not confirm, and the watchdog cancels the
+    step once Slurm answers (the fixture then finds nothing left)."""
+    monkeypatch.setenv("SLURM_JOB_CPUS_PER_NODE", "8")  # as in a batch job: planning asks no Slurm
+    ip.run_line_magic("ipcluster", "start -n 3")
+    step = f"ipcmagic-{ipcmagic.client().cluster.cluster_id}"
+    capfd.readouterr()
+    with slurmctld_down():
+        tic = time.monotonic()
+        ip.run_line_magic("ipcluster", "stop")
+        stopped = time.monotonic() - tic
+        assert stopped <= 5, f"stop took {stopped:.1f} s"
+        assert unconfirmed(step) in capfd.readouterr().err
+        tic = time.monotonic()
+        with pytest.raises(ClusterError, match="0 of 3 engines registered within 8 s"):
+            ip.run_line_magic("ipcluster", "start -n 3 --timeout 8")
+        failed = time.monotonic() - tic
+        assert failed <= 8.5, f"a start with --timeout 8 took {failed:.1f} s"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import signal
 import stat
 import threading
@@ -151,25 +150,6 @@ def user_expression(kc, expression: str):
     return ast.literal_eval(reply["content"]["user_expressions"]["x"]["data"]["text/plain"])
 
 
-def test_engine_death_then_restart(ip, in_allocation, capsys):
-    ip.run_line_magic("ipcluster", "start -n 3")
-    rc = ipcmagic.client()
-    victim = rc[1].apply_sync(os.getpid)
-    timer = threading.Timer(2, os.kill, (victim, signal.SIGKILL))
-    timer.start()
-    result = ip.run_cell("%%px\nimport time\nfrom mpi4py import MPI\ntime.sleep(5)\nMPI.COMM_WORLD.Barrier()")
-    timer.join()
-    assert result.error_in_exec is not None, "the cell fails"
-    assert f"engine 1 (MPI rank 1, pid {victim} on " in capsys.readouterr().err, "and says which engine died"
-    ip.run_line_magic("ipcluster", "status")
-    status = capsys.readouterr().out
-    assert re.search(r"^\s+1\s+gone", status, re.M) and "%ipcluster restart" in status, status
-    ip.run_line_magic("ipcluster", "restart")
-    assert rc.ids == [0, 1, 2]
-    assert rc[:].apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_rank()) == [0, 1, 2]
-    ip.run_line_magic("ipcluster", "stop")
-
-
 def test_controller_death(ip, in_allocation, capsys):
     ip.run_line_magic("ipcluster", "start -n 2")
     cluster = ipcmagic.client().cluster
@@ -267,58 +247,3 @@ def test_local_engines_are_bounded_by_the_kernels_cpus(ip, outside_slurm):
         UsageError, match=rf"-n 4000 local engines is more than 32 per CPU .*use -n {most} or"
     ):
         ip.run_line_magic("ipcluster", "start -n 4000 --launcher local")
-
-
-#: rank 1 exits while the others wait for it in MPI (ipyparallel#435's everyday case)
-RANK_1_EXITS = (
-    "import os\n"
-    "from mpi4py import MPI\n"
-    "if MPI.COMM_WORLD.rank == 1:\n"
-    "    os._exit(3)\n"
-    "MPI.COMM_WORLD.Barrier()"
-)
-
-
-def assert_full_cluster(ip, n: int) -> None:
-    """Every engine alive in status, and %%px runs on all of them."""
-    assert [row["state"] for row in ipcmagic._magics.cluster.engines()] == ["alive"] * n
-    ip.run_cell_magic("px", "", "x = 1")
-    assert ipcmagic.client()[:]["x"] == [1] * n
-
-
-def assert_pxtimeout_recovers(ip, cell: str, lost: str) -> None:
-    """``cell`` under %%pxtimeout 5 on 3 engines fails naming the ``lost`` engine, then the
-    cluster is full and %%px works."""
-    with pytest.raises(ParallelTimeout, match=rf"{lost}.*died; all 3 engines were restarted"):
-        ip.run_cell_magic("pxtimeout", "5", cell)
-    assert_full_cluster(ip, 3)
-    ip.run_line_magic("ipcluster", "stop")
-
-
-def test_pxtimeout_recovers_when_a_rank_dies(ip, in_allocation):
-    """srun's PMIx ends the whole step; the cell failed with a bare KeyError: 1, and every later
-    %%px too, until %ipcluster restart (issue 21)."""
-    ip.run_line_magic("ipcluster", "start -n 3")
-    assert_pxtimeout_recovers(ip, RANK_1_EXITS, r"engine 1 \(MPI rank 1, pid \d+ on ")
-
-
-def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_slurm):
-    ip.run_line_magic("ipcluster", "start -n 3 --launcher local")
-    ip.run_cell_magic("px", "", "import os\nx = os.getpid()")
-    lost = ipcmagic.client()[1]["x"]
-    cell = f"import os, time\nif os.getpid() == {lost}:\n    os._exit(3)\ntime.sleep(60)"
-    assert_pxtimeout_recovers(ip, cell, rf"engine 1 \(pid {lost} on ")
-
-
-def test_status_shows_the_engines_of_an_ended_step_as_gone(ip, in_allocation):
-    """SIGKILL of one srun engine ends the whole step (PMIx); status showed the others as busy."""
-    ip.run_line_magic("ipcluster", "start -n 3")
-    pid = ipcmagic.client()[1].apply_sync(os.getpid)
-    os.kill(pid, signal.SIGKILL)
-    time.sleep(3)
-    rows = ipcmagic._magics.cluster.engines()
-    assert [row["state"] for row in rows] == ["gone"] * 3, rows
-    assert rows[1]["pid"] == pid  # as started: which one it was
-    ip.run_line_magic("ipcluster", "restart")
-    assert_full_cluster(ip, 3)
-    ip.run_line_magic("ipcluster", "stop")

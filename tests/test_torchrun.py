@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
@@ -76,19 +79,10 @@ def test_output_prefix_and_failure_message():
     assert _prefixed("[default3]:hello\n") == "[3] hello\n"
     assert _prefixed("  1: hi\n") == "[1] hi\n"
     assert _prefixed("plain\n") == "plain\n"
-    assert _failure("srun: error: vm: task 1: Exited with exit code 3\n", 3) == "rank 1 exited with code 3"
-    torchrun_report = "  rank      : 1 (local_rank: 1)\n  exitcode  : 7 (pid: 9)\n"
-    assert _failure(torchrun_report, 1) == "rank 1 exited with code 7"
-    assert _failure("", 2) == "the launcher exited with code 2"
     srun_report = "srun: error: vm: tasks 0-1,3: Exited with exit code 1\n"
-    assert _failure(srun_report, 1) == "; ".join(f"rank {r} exited with code 1" for r in (0, 1, 3))
-
-
-def test_failure_parsing_is_linear_in_the_output():
-    """A rank that prints megabytes on one line before failing must not freeze the kernel."""
-    tic = time.monotonic()
-    assert _failure("rank: 1 " * 250_000 + "\n", 2) == "the launcher exited with code 2"
-    assert time.monotonic() - tic < 1
+    assert _failure(srun_report, 1, "srun") == "ranks 0, 1, 3 exited with code 1"  # all forms: test_exits.py
+    assert _failure("", 2, "torchrun") == "torchrun exited with code 2"
+    assert _failure("", -9, "srun") == "srun was killed by SIGKILL (Killed)"
 
 
 def test_pop_distributed_env(monkeypatch):
@@ -122,11 +116,60 @@ def test_srun_allreduce_in_allocation(ip, in_allocation, torch_installed, capsys
     assert "[0] rank 0 of 2: sum=3" in out and "[1] rank 1 of 2: sum=3" in out
 
 
-@pytest.mark.parametrize("launcher", ["standalone", "srun"])
-def test_failing_rank_fails_the_cell(ip, in_allocation, torch_installed, launcher):
-    code = "import os, sys\nif os.environ['RANK'] == '1':\n    sys.exit(3)\n"
-    with pytest.raises(TorchrunError, match="rank 1 exited with code 3"):
-        ip.run_cell_magic("torchrun", f"-n 2 --launcher {launcher}", code)
+#: (launcher, how the failing ranks fail, what the cell then says)
+FAILURES = [
+    (
+        "srun",
+        "sys.exit(1) if RANK in (0, 1)",
+        "ranks 0, 1 exited with code 1; srun then stopped the others: rank 2 with SIGTERM",
+    ),
+    (
+        "srun",
+        "sys.exit(1) if RANK in (0, 2)",
+        "ranks 0, 2 exited with code 1; srun then stopped the others: rank 1 with SIGTERM",
+    ),
+    (
+        "srun",
+        "os.kill(os.getpid(), signal.SIGKILL) if RANK == 1",
+        "rank 1 was killed by SIGKILL (Killed); srun then stopped the others: ranks 0, 2 with SIGTERM",
+    ),
+    (
+        "standalone",
+        "sys.exit(3) if RANK == 1",
+        "rank 1 exited with code 3; torchrun then stopped the others: ranks 0, 2 with SIGTERM",
+    ),
+    (
+        "standalone",
+        "os.kill(os.getpid(), signal.SIGKILL) if RANK == 1",
+        "rank 1 was killed by SIGKILL (Killed); torchrun then stopped the others: ranks 0, 2 with SIGTERM",
+    ),
+]
+
+
+@pytest.mark.parametrize(("launcher", "failing", "said"), FAILURES)
+def test_failing_ranks_fail_the_cell_at_once_naming_them(
+    ip, in_allocation, torch_installed, launcher, failing, said
+):
+    """srun's task lists (``task 1``, ``tasks 0-1``, ``tasks 0,2``) and torchrun's summary, exit codes
+    and signals; the cell fails within 2 s of the first death."""
+    stamps = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="ipcmagic-deaths-"))
+    action, condition = failing.split(" if ")
+    code = (
+        "import os, signal, sys, time\n"
+        "RANK = int(os.environ['RANK'])\n"
+        f"if {condition}:\n"
+        f"    open(f'{stamps}/{{RANK}}', 'w').write(repr(time.time()))\n"
+        f"    {action}\n"
+        "time.sleep(300)\n"
+    )
+    try:
+        with pytest.raises(TorchrunError) as failed:
+            ip.run_cell_magic("torchrun", f"-n 3 --launcher {launcher}", code)
+        died = min(float(path.read_text()) for path in stamps.iterdir())
+        assert time.time() - died <= 2.0
+    finally:
+        shutil.rmtree(stamps)
+    assert str(failed.value) == said
 
 
 def test_a_rank_ends_as_python_would(ip, outside_slurm, torch_installed, capsys):

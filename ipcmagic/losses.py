@@ -1,0 +1,166 @@
+"""Engines that ended while the cluster runs: noticed at once, told to the controller, said plainly.
+
+ipyparallel learns that an engine is gone from its nanny (when the engine process alone exits) or
+from missed heartbeats (``heartbeat_tolerance``, 10 s). When Slurm or MPI ends the whole step,
+the nannies go with it, so a running ``%%px`` waited the full tolerance. ipcmagic follows its
+engine launchers instead: when srun or mpirun exits, or a local engine does, the launcher's
+``on_stop`` callback tells the controller that those engines are gone (as a nanny would), so the
+client fails their work at once, and keeps how each ended in the launcher's own words
+(:mod:`ipcmagic.exits`). Heartbeats remain for what no launcher sees: a frozen engine, a hung node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from .exits import by_returncode, rank_exits, sentence
+
+log = logging.getLogger(__name__)
+
+#: how an engine ended that no launcher reported: the controller's heartbeats lost it
+UNHEARD = "stopped answering heartbeats (frozen, or its node is unreachable)"
+#: the report number of an end no launcher reported: after all that were
+UNREPORTED = 1 << 30
+
+
+class EnginesLost(RuntimeError):
+    """Engines of the cluster ended; the message says which, how, and what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def describe_engines(rows: list[dict[str, Any]]) -> str:
+    """``engine 1 (MPI rank 1, pid 4242 on nid001), ...`` (no rank for engines without MPI)."""
+
+    def one(e: dict[str, Any]) -> str:
+        rank = "" if e["rank"] is None else f"MPI rank {e['rank']}, "
+        return f"engine {e['id']} ({rank}pid {e['pid']} on {e['host']})"
+
+    return ", ".join(map(one, rows))
+
+
+def describe_loss(rows: list[dict[str, Any]], step: str | None = None) -> str:
+    """How the engines of ``rows`` ended (their ``fate`` and the ``report`` that said it), those
+    that ended alike together; with ``step`` (srun, mpirun), the launcher that stopped the others."""
+    rows = sorted(rows, key=lambda row: row["id"])
+    items = [(row, row.get("fate") or UNHEARD, row.get("report", UNREPORTED)) for row in rows]
+    return sentence(items, step, describe_engines)
+
+
+def lost_engines_message(rows: list[dict[str, Any]], step: str | None = None) -> str:
+    """What ipcmagic says of lost engines after a failed cell, and when work is sent to them."""
+    return f"{describe_loss(rows, step)}. %ipcluster restart starts all engines anew."
+
+
+def tell_controller(connection_file: str, ids: list[int]) -> None:
+    """Unregister engines at the controller, as each one's nanny does when its engine exits: the
+    controller tells every client, which fails the engines' pending work at once."""
+    import zmq
+    from jupyter_client.session import Session
+
+    with open(connection_file) as f:
+        info = json.load(f)
+    session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
+    with zmq.Context.instance().socket(zmq.DEALER) as socket:
+        socket.linger = 3000  # the messages must leave before close, but never hang a stop
+        socket.connect(f"{info['interface']}:{info['registration']}")
+        for engine_id in ids:
+            session.send(socket, "unregistration_request", content={"id": engine_id})
+
+
+class Follower:
+    """Follows the launchers of one start of the engines; ``fates`` says how each engine ended:
+    engine id -> (the number of the launcher's report that said so, its words)."""
+
+    def __init__(self, roster: dict[int, dict[str, Any]], connection_file: str, step: str | None) -> None:
+        self.roster = roster
+        self.connection_file = connection_file
+        self.step = step  # srun or mpirun: one launcher for all engines; None: one per engine
+        self.launchers: list[Any] = []
+        self.fates: dict[int, tuple[int, str]] = {}
+        self.following = True
+
+    def follow(self, launchers: list[Any]) -> None:
+        """Call :meth:`ended` when each launcher's process exits (at once if it already has)."""
+        self.launchers = launchers
+        for launcher in launchers:
+            launcher.on_stop(partial(self.ended, launcher))
+
+    def forget(self) -> None:
+        """The engines are being stopped on purpose: their ends are no loss."""
+        self.following = False
+
+    def ended(self, launcher: Any, stop_data: dict[str, Any] | None) -> None:
+        """A launcher's process exited (in ipyparallel's event loop thread): every engine it ran
+        ended; tell the controller."""
+        if not self.following:
+            return
+        code = (stop_data or {}).get("exit_code") or 0
+        if self.step:
+            self._learn(launcher.get_output())
+            with_step = f"ended with the {self.step} step ({self.step} {by_returncode(code)})"
+            ended = dict.fromkeys(self.roster, (UNREPORTED - 1, with_step))
+        else:  # each local engine's end is a report of its own
+            pid = (stop_data or {}).get("pid")
+            ended = {
+                i: (len(self.fates), by_returncode(code))
+                for i, row in self.roster.items()
+                if row["pid"] == pid
+            }
+        for i, fate in ended.items():
+            self.fates.setdefault(i, fate)
+        try:  # those it already let go it ignores
+            tell_controller(self.connection_file, list(ended))
+        except Exception as e:  # the heartbeats will tell it, later
+            log.debug("could not unregister engines %s: %s", list(ended), e)
+
+    def _learn(self, output: str) -> None:
+        """The fates the step's launcher has reported so far (srun says ``task 1: Exited ...`` as
+        the task ends, also when the step goes on)."""
+        by_rank = {row["rank"]: i for i, row in self.roster.items()}
+        for report, end in enumerate(rank_exits(output)):
+            for rank in end.ranks:
+                if by_rank.get(rank) is not None:
+                    self.fates.setdefault(by_rank[rank], (report, end.how))
+
+    def rows(self, lost: set[int]) -> list[dict[str, Any]]:
+        """The roster's rows of ``lost`` engines, each with its ``fate`` and ``report``."""
+        if self.step and self.launchers:
+            self._learn("\n".join(launcher.get_output() for launcher in self.launchers))
+        rows = [{**row, "fate": None, "report": UNREPORTED} for i, row in self.roster.items() if i in lost]
+        for row in rows:
+            if row["id"] in self.fates:
+                row["report"], row["fate"] = self.fates[row["id"]]
+        return rows
+
+
+def guard_targets(client: Any, lost: Callable[[], list[dict[str, Any]]], step: str | None) -> None:
+    """Work sent to engines that are gone raises :class:`EnginesLost` saying which and how, where
+    ipyparallel raises a bare ``KeyError: 1`` (an activated ``%px`` view keeps the ids it was made
+    with) or ``NoEnginesRegistered``.
+
+    Reaches into ``Client._build_targets``, through which every view sends; if ipyparallel no
+    longer has it, its own errors stay.
+    """
+    from ipyparallel.error import NoEnginesRegistered
+
+    build = getattr(client, "_build_targets", None)
+    if not callable(build):
+        log.debug("ipyparallel's Client has no _build_targets; work for lost engines raises its own errors")
+        return
+
+    def _build_targets(targets: Any) -> Any:
+        try:
+            return build(targets)
+        except (KeyError, NoEnginesRegistered):
+            rows = lost()
+            if not rows:
+                raise
+            raise EnginesLost(lost_engines_message(rows, step)) from None
+
+    client._build_targets = _build_targets
