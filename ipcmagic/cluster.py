@@ -24,7 +24,7 @@ from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
-from .losses import Follower, guard_targets, tell_controller
+from .losses import Follower, guard_targets, process_alive, tell_controller
 from .slurm import Allocation
 from .status import ClusterStatus
 from .watchdog import Watchdog
@@ -542,6 +542,7 @@ class IPCluster(LoggingConfigurable):
     def _restart_engines(self, timeout: float) -> None:
         stopped = list(self.client.ids)
         self.follower.forget()
+        self.follower = None
         self.cluster.stop_engines_sync()
         # as each engine's nanny would, had it outlived its engine: the controller forgets them now
         # instead of after heartbeat_tolerance
@@ -591,25 +592,18 @@ class IPCluster(LoggingConfigurable):
         return sets if self.step else [la for each in sets for la in each.launchers.values()]
 
     def lost_engines(self) -> list[dict[str, Any]]:
-        """The engines of the last start or restart that are no longer registered, or dead, each
-        with how it ended (``fate``)."""
+        """The engines of the last start or restart that are no longer registered, or known to be
+        dead, each with how it ended (``fate``)."""
         if self.client is None or self.follower is None:
             return []
-        return self.follower.rows(self._known_dead() | (self.roster.keys() - set(self.client.ids)))
+        return self.follower.rows(self.follower.known_dead() | (self.roster.keys() - set(self.client.ids)))
 
     def _gone(self, engine_id: int) -> dict[str, Any]:
         """A lost engine's row: as started, so its rank, host and pid say which one it was."""
         return {**self.roster.get(engine_id, _row(engine_id, "gone")), "state": "gone"}
 
-    def _known_dead(self) -> set[int]:
-        """The engines known to be dead before the controller's heartbeats tell: those whose
-        launcher exited, and those whose process on this node is gone."""
-        here = socket.gethostname()
-        gone = {i for i, row in self.roster.items() if row["host"] == here and not _process_alive(row["pid"])}
-        return gone | set(self.follower.fates if self.follower else ())
-
     def controller_alive(self) -> bool:
-        return _process_alive(self.cluster.controller.process.pid)
+        return process_alive(self.cluster.controller.process.pid)
 
     def status(self) -> ClusterStatus:
         """What ``%ipcluster status`` shows; the engines are asked before the controller's health,
@@ -634,7 +628,7 @@ class IPCluster(LoggingConfigurable):
         deadline = time.monotonic() + timeout
         for reply in asked.values():
             reply.wait(max(0.0, deadline - time.monotonic()))
-        rows, dead = {}, self._known_dead()
+        rows, dead = {}, self.follower.known_dead() if self.follower else set()
         for i, reply in asked.items():
             if reply.ready() and reply.successful():
                 rows[i] = _row(i, "alive", **reply.get())
@@ -643,15 +637,6 @@ class IPCluster(LoggingConfigurable):
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
-
-
-def _process_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 #: what :func:`_engine_info` reports

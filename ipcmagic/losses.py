@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -21,8 +22,11 @@ from .exits import by_returncode, rank_exits, sentence
 
 log = logging.getLogger(__name__)
 
-#: how an engine ended that no launcher reported: the controller's heartbeats lost it
+#: how an engine ended that no launcher reported, whose process on this node lives: the
+#: controller's heartbeats lost it
 UNHEARD = "stopped answering heartbeats (frozen, or its node is unreachable)"
+#: the same, on another node: its nanny or the heartbeats told the controller
+LOST_ELSEWHERE = "was lost (it ended, or stopped answering heartbeats)"
 #: the report number of an end no launcher reported: after all that were
 UNREPORTED = 1 << 30
 
@@ -66,11 +70,11 @@ def tell_controller(connection_file: str, ids: list[int]) -> None:
     with open(connection_file) as f:
         info = json.load(f)
     session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
-    with zmq.Context.instance().socket(zmq.DEALER) as socket:
-        socket.linger = 3000  # the messages must leave before close, but never hang a stop
-        socket.connect(f"{info['interface']}:{info['registration']}")
+    with zmq.Context.instance().socket(zmq.DEALER) as dealer:
+        dealer.linger = 3000  # the messages must leave before close, but never hang a stop
+        dealer.connect(f"{info['interface']}:{info['registration']}")
         for engine_id in ids:
-            session.send(socket, "unregistration_request", content={"id": engine_id})
+            session.send(dealer, "unregistration_request", content={"id": engine_id})
 
 
 class Follower:
@@ -128,15 +132,43 @@ class Follower:
                 if by_rank.get(rank) is not None:
                     self.fates.setdefault(by_rank[rank], (report, end.how))
 
+    def known_dead(self) -> set[int]:
+        """The engines known to be dead before the controller's heartbeats tell: those whose
+        launcher reported their end, and those whose process on this node is gone."""
+        return set(self.fates) | {
+            i for i, row in self.roster.items() if _here(row) and not process_alive(row["pid"])
+        }
+
     def rows(self, lost: set[int]) -> list[dict[str, Any]]:
         """The roster's rows of ``lost`` engines, each with its ``fate`` and ``report``."""
         if self.step and self.launchers:
             self._learn("\n".join(launcher.get_output() for launcher in self.launchers))
-        rows = [{**row, "fate": None, "report": UNREPORTED} for i, row in self.roster.items() if i in lost]
+        rows = [{**row, "report": UNREPORTED} for i, row in self.roster.items() if i in lost]
         for row in rows:
-            if row["id"] in self.fates:
-                row["report"], row["fate"] = self.fates[row["id"]]
+            row["report"], row["fate"] = self.fates.get(row["id"], (UNREPORTED, self._unreported(row)))
         return rows
+
+    def _unreported(self, row: dict[str, Any]) -> str:
+        """How an engine ended that its launcher did not (yet) report."""
+        if not _here(row):
+            return LOST_ELSEWHERE
+        if process_alive(row["pid"]):
+            return UNHEARD
+        return f"ended with the {self.step} step" if self.step else "exited"
+
+
+def _here(row: dict[str, Any]) -> bool:
+    return row["host"] == socket.gethostname()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def guard_targets(client: Any, lost: Callable[[], list[dict[str, Any]]], step: str | None) -> None:

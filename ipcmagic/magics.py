@@ -60,6 +60,15 @@ def _without_comment(line: str) -> str:
     return line
 
 
+def _names(text: str, option: str) -> list[str]:
+    """``a,b`` as ``["a", "b"]``; UsageError for a word that is no Python name."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    wrong = [name for name in names if not name.isidentifier()]
+    if wrong:
+        raise UsageError(f"{option} {wrong[0]!r} is not a variable name; give NAME[,NAME...].")
+    return names
+
+
 def _unquote(word: str) -> str:
     return "".join(shlex.split(word))
 
@@ -312,6 +321,17 @@ class IPClusterMagics(Magics):
     @argument("--python", help="Interpreter of the ranks (default: this kernel's; set it in containers).")
     @argument("--srun-args", default="", help='Extra srun options, quoted: "--gpus-per-task=1".')
     @argument(
+        "--push",
+        default="",
+        help="Notebook variables to define on every rank before the cell runs: NAME[,NAME...].",
+    )
+    @argument(
+        "--pull",
+        default="",
+        help="Variables the cell defines, set in the notebook after a successful run to the list of "
+        "the ranks' values, by rank: NAME[,NAME...].",
+    )
+    @argument(
         "args",
         nargs=argparse.REMAINDER,
         help="Line form: SCRIPT [ARGS...]; cell form: arguments for the cell (after --).",
@@ -332,10 +352,13 @@ class IPClusterMagics(Magics):
             srun_args = shlex.split(args.srun_args)
         except ValueError as e:
             raise UsageError(f"--srun-args {args.srun_args!r} is not valid shell syntax: {e}.") from None
-        self.torchrun_defaults.run_script(
+        push = {name: self._variable(name) for name in _names(args.push, "--push")}
+        pulled = self.torchrun_defaults.run_script(
             cell if cell is not None else rest[0],
             rest if cell is not None else rest[1:],
             is_file=cell is None,
+            push=push,
+            pull=_names(args.pull, "--pull"),
             nproc=args.nproc_per_node,
             nnodes=args.nnodes,
             launcher=args.launcher,
@@ -346,3 +369,9 @@ class IPClusterMagics(Magics):
             environment=args.environment,
             container_workdir=args.container_workdir,
         )
+        self.shell.user_ns.update(pulled)
+
+    def _variable(self, name: str) -> Any:
+        if name not in self.shell.user_ns:
+            raise UsageError(f"--push {name}: the notebook has no variable {name}.")
+        return self.shell.user_ns[name]

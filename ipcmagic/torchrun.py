@@ -7,7 +7,9 @@ interrupt, timeout or failure.
 
 from __future__ import annotations
 
+import linecache
 import os
+import pickle
 import queue
 import re
 import signal
@@ -17,15 +19,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from IPython.core.error import UsageError
 from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from . import rank as rank_side
 from .cluster import Interrupted, require_command, resolve_launcher
+from .exchange import Exchange
 from .exits import by_returncode, describe, rank_exits
+from .rank import CELL_VAR
 from .slurm import BLOCK, Allocation, step_env
 from .watchdog import Watchdog
 
@@ -48,40 +55,12 @@ _TASK_ENV = (
     "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
     'LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE; exec "$@"'
 )
-#: the variable that carries a cell's code to every rank, on every node: no file has to reach them
-CELL_VAR = "IPCMAGIC_TORCHRUN_CELL"
 #: marks the launcher and the ranks of one run (and their children) for :mod:`ipcmagic.watchdog`
 MARKER_VAR = "IPCMAGIC_TORCHRUN"
-#: the largest cell passed that way (Linux refuses a single environment string over 128 KiB)
+#: the largest cell passed in the environment (Linux refuses a single string over 128 KiB)
 MAX_CELL_BYTES = 120_000
-#: ``python -c`` program that runs the cell as ``__main__`` (a program, not a module: the ranks'
-#: Python may be a container's, without ipcmagic); tracebacks show the cell's lines (from
-#: linecache: Python's own excepthook reads only files) without this program's frame. A rank
-#: leaves as Python would (threads joined, exit handlers run, the same exit code), but without
-#: the C++ destructors that follow: in torch 2.x they may abort a rank whose work is done
-#: ("terminate called without an active exception", SIGABRT; measured: 2 of 16 runs of the DDP
-#: example, 0 of 16 this way)
-_CELL_RUNNER = f"""
-import atexit, linecache, os, sys, threading, traceback
-code = os.environ.pop({CELL_VAR!r})
-name = sys.argv[0] = '<%%torchrun cell>'
-linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-status = 0
-try:
-    exec(compile(code, name, 'exec'), {{'__name__': '__main__', '__builtins__': __builtins__}})
-except SystemExit as stop:
-    status = stop.code if isinstance(stop.code, int) else stop.code is not None
-    if not isinstance(stop.code, (int, type(None))):
-        print(stop.code, file=sys.stderr)
-except BaseException as error:
-    traceback.print_exception(type(error), error, error.__traceback__.tb_next)
-    status = 1
-getattr(threading, '_shutdown', lambda: None)()
-getattr(atexit, '_run_exitfuncs', lambda: None)()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(int(status))
-"""
+#: what every rank runs: ``python -c`` this (:mod:`ipcmagic.rank`)
+RANK_PROGRAM = ["-c", Path(rank_side.__file__).read_text()]
 _PREFIX = re.compile(r"^(?:\[default(\d+)\]:|\s*(\d+): )")
 #: slurmstepd's word on a cancelled step, labelled as a rank's line by srun --label
 _CANCELLED = re.compile(r"slurmstepd\S*: error: \*\*\* STEP \S+ .*CANCELLED")
@@ -89,6 +68,8 @@ _CANCELLED = re.compile(r"slurmstepd\S*: error: \*\*\* STEP \S+ .*CANCELLED")
 
 class TorchrunError(RuntimeError):
     """A rank failed, or the run was stopped; the message names the rank and exit code."""
+
+    results: list[bytes | None] = []  # what each rank put in the run's exchange before it failed
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
@@ -143,7 +124,7 @@ def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]
             f"The cell has {size // 1000} kB, more than %%torchrun passes to the ranks "
             f"({MAX_CELL_BYTES // 1000} kB); save it as a file and run %torchrun [options] file.py."
         )
-    return ["-c", _CELL_RUNNER, *args], {CELL_VAR: code}
+    return [*RANK_PROGRAM, *args], {CELL_VAR: code}
 
 
 def plan_standalone(
@@ -333,6 +314,35 @@ class Torchrun(LoggingConfigurable):
         args: list[str],
         *,
         is_file: bool,
+        push: dict[str, Any] | None = None,
+        pull: list[str] = (),
+        **options: Any,
+    ) -> dict[str, list[Any]]:
+        """Run a script file, or cell code (passed in the environment, never written), on every
+        rank; a cell gets the ``push`` values as variables, and each ``pull`` name comes back as
+        the list of the ranks' values, by rank."""
+        if is_file and (push or pull):
+            raise UsageError("--push and --pull work with %%torchrun cells, not with script files.")
+        program, env = ([code_or_path, *args], {}) if is_file else cell_program(code_or_path, args)
+        offer = _offer({"push": push or {}, "pull": list(pull)}, "--push") if push or pull else None
+        results = self._run(program, env, offer, **options)
+        return pulled(results, list(pull)) if pull else {}
+
+    def launch(self, fn: Callable, args: tuple, kwargs: dict[str, Any], **options: Any) -> list[Any]:
+        """Call ``fn(*args, **kwargs)`` on every rank; the return values, by rank."""
+        offer = _offer((fn, args, kwargs, _source(fn)), "launch: the function or its arguments")
+        try:
+            results = self._run(list(RANK_PROGRAM), {}, offer, **options)
+        except TorchrunError as failed:
+            raise _raised(failed.results) or failed from None
+        return [_outcome(results, rank)[1] for rank in range(len(results))]
+
+    def _run(
+        self,
+        program: list[str],
+        env: dict[str, str],
+        offer: bytes | None,
+        *,
         nproc: int = 1,
         nnodes: int = 1,
         launcher: str | None = None,
@@ -342,8 +352,10 @@ class Torchrun(LoggingConfigurable):
         srun_args: list[str] = (),
         environment: str = "",
         container_workdir: str = "",
-    ) -> None:
-        """Run a script file, or cell code (passed in the environment, never written), on every rank."""
+    ) -> list[bytes | None]:
+        """Run ``python *program`` on every rank, with an :class:`~ipcmagic.exchange.Exchange` that
+        offers ``offer`` when given; what each rank put there, by rank. A failure's TorchrunError
+        carries them too (``results``)."""
         allocation = Allocation.from_env()
         launcher = resolve_launcher(launcher or self.launcher, allocation, LAUNCHERS, "standalone")
         if launcher == "standalone" and (nnodes != 1 or environment or container_workdir or srun_args):
@@ -358,13 +370,14 @@ class Torchrun(LoggingConfigurable):
                 raise UsageError(
                     f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."
                 )
-        program, env = ([code_or_path, *args], {}) if is_file else cell_program(code_or_path, args)
         directory = tempfile.mkdtemp(prefix="ipcmagic-torchrun-")
         token = os.path.basename(directory)
         name = f"ipcmagic-torchrun-{os.getpid()}"
         # stops the ranks (and their children) and removes the directory if the kernel dies
         watchdog = Watchdog(f"{MARKER_VAR}={token}", directory, allocation and allocation.job_id, name)
-        env = {**os.environ, **env, MARKER_VAR: token}
+        nodes = allocation.nodes[:nnodes] if launcher == "srun" else ()
+        exchange = Exchange(offer, _address_towards(nodes)) if offer is not None else None
+        env = {**os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
         python = python or self.python
         try:
             if launcher == "srun":
@@ -384,6 +397,110 @@ class Torchrun(LoggingConfigurable):
                 )
             else:
                 plan = plan_standalone(python, nproc, program, os.path.join(directory, "logs"), env)
-            run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace)
+            try:
+                run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace)
+            except TorchrunError as failed:
+                failed.results = _by_rank(exchange, plan.ranks)
+                raise
         finally:
+            if exchange is not None:
+                exchange.close()
             watchdog.release()
+        return _by_rank(exchange, plan.ranks)
+
+
+def launch(
+    fn: Callable,
+    *args: Any,
+    nproc: int = 1,
+    nnodes: int = 1,
+    launcher: str | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``fn(*args, **kwargs)`` on every rank of a distributed PyTorch job, as ``%%torchrun``
+    runs a cell (standalone, or one srun step over ``nnodes`` nodes, ``nproc`` ranks each): fresh
+    processes with RANK, WORLD_SIZE, MASTER_ADDR, ... set; their output streams live as
+    ``[rank] line``. Returns the list of ``fn``'s return values, by rank; an exception on a rank
+    raises :class:`RankError` naming the rank, with its traceback.
+
+    ``fn`` travels by value (cloudpickle), also when it is defined in the notebook; its arguments
+    and results must be picklable, and the names it uses from the notebook travel with it. The
+    kernel never forks and never imports torch for this.
+    """
+    from . import _magics  # the kernel's %%torchrun defaults (c.Torchrun.*), if loaded
+
+    defaults = _magics.torchrun_defaults if _magics else Torchrun()
+    options = {"nproc": nproc, "nnodes": nnodes, "launcher": launcher, "timeout": timeout}
+    return defaults.launch(fn, args, kwargs, **options)
+
+
+class RankError(TorchrunError):
+    """A rank's launched function raised; the message names the rank, the traceback is the rank's."""
+
+    def __init__(self, rank: int, summary: str, remote_traceback: str) -> None:
+        super().__init__(f"rank {rank} raised {summary}")
+        self.remote_traceback = remote_traceback
+
+    def _render_traceback_(self) -> list[str]:
+        return [*self.remote_traceback.rstrip().splitlines(), f"{type(self).__name__}: {self}"]
+
+
+def _offer(value: Any, what: str) -> bytes:
+    """``value`` as the bytes every rank gets; UsageError naming ``what`` cannot be sent."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        if isinstance(value, dict) and value.get("push"):  # say which variable
+            for name, item in value["push"].items():
+                _offer(item, f"--push {name}")
+        raise UsageError(f"{what} cannot be sent to the ranks ({type(e).__name__}: {e}).") from None
+
+
+def _source(fn: Callable) -> tuple[str, list[str]] | None:
+    """The file name and lines of a function defined in the notebook, for the rank's tracebacks
+    (cloudpickle renames its code ``<dynamic-code>``, and the cell is in no file there)."""
+    filename = getattr(getattr(fn, "__code__", None), "co_filename", "")
+    lines = linecache.getlines(filename) if filename and not os.path.exists(filename) else []
+    return (filename, lines) if lines else None
+
+
+def _by_rank(exchange: Exchange | None, ranks: int) -> list[bytes | None]:
+    """What each rank put in the exchange, by rank (None: nothing)."""
+    return [exchange.results.get(rank) if exchange else None for rank in range(ranks)]
+
+
+def _outcome(results: list[bytes | None], rank: int) -> tuple:
+    """What ``rank`` put: ("ok", value), ("raised", summary, traceback) or ("missing", names)."""
+    if results[rank] is None:
+        raise TorchrunError(f"rank {rank} sent nothing back")
+    outcome = pickle.loads(results[rank])
+    if outcome[0] == "unpicklable":
+        raise TorchrunError(f"rank {rank}'s values cannot be sent to the kernel ({outcome[1]})")
+    return outcome
+
+
+def _raised(results: list[bytes | None]) -> RankError | None:
+    """The exception of the first rank whose function raised, if one did."""
+    put = [(rank, pickle.loads(result)) for rank, result in enumerate(results) if result is not None]
+    return next((RankError(rank, *outcome[1:]) for rank, outcome in put if outcome[0] == "raised"), None)
+
+
+def pulled(results: list[bytes | None], names: list[str]) -> dict[str, list[Any]]:
+    """Each pulled name's values by rank; TorchrunError for a rank that did not define one."""
+    outcomes = [_outcome(results, rank) for rank in range(len(results))]
+    for rank, (kind, value) in enumerate(outcomes):
+        if kind == "missing":
+            raise TorchrunError(f"--pull {value[0]}: rank {rank} did not define {value[0]}")
+    return {name: [values[name] for _, values in outcomes] for name in names}
+
+
+def _address_towards(nodes: tuple[str, ...]) -> str:
+    """Where ranks on ``nodes`` reach this kernel: loopback when all run on its node."""
+    from .cluster import LOOPBACK, address_towards
+
+    here = {socket.gethostname(), socket.gethostname().split(".")[0]}
+    remote = [node for node in nodes if node not in here]
+    return address_towards(remote) if remote else LOOPBACK

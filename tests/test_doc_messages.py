@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _QUOTE = re.compile(
-    r"`((?:UsageError|ClusterError|TorchrunError|ParallelTimeout|EnginesLost|KeyboardInterrupt|ipcmagic)"
+    r"`((?:UsageError|ClusterError|TorchrunError|RankError|ParallelTimeout|EnginesLost|KeyboardInterrupt|ipcmagic)"
     r": [^`]+)`"
 )
 _HEADING = re.compile(r"^\*\*`([^`]+)`\.\*\*", re.M)  # troubleshooting: **`message`.** what to do
@@ -69,6 +69,7 @@ def messages(monkeypatch) -> dict[str, str]:
             "srun",
         ),
         "torchrun interrupted": f"KeyboardInterrupt: {torchrun.interrupted_message(2)}",
+        "rank raised": f"RankError: {torchrun.RankError(1, 'ValueError: boom', '')}",
         "torchrun timeout": f"TorchrunError: {torchrun.timed_out_message(30)}",
         "lost engine": f"ipcmagic: {losses.lost_engines_message(step, 'srun')}",
         "engines lost": f"EnginesLost: {losses.lost_engines_message(step, 'srun')}",
@@ -91,6 +92,7 @@ CASES = {
         "rank 1 exited"
     ),
     "KeyboardInterrupt: %%torchrun interrupted; 2 ranks stopped": "torchrun interrupted",
+    "RankError: rank 1 raised ValueError: ...": "rank raised",
     "TorchrunError: stopped after the --timeout of S s": "torchrun timeout",
     "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; srun then stopped the others: "
     "engine 0 (MPI rank 0, pid 4241 on nid001), engine 2 (MPI rank 2, pid 4243 on nid001) with SIGKILL. "

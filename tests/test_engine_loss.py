@@ -142,7 +142,7 @@ def test_mpirun_says_how_its_first_rank_failed(ip, outside_slurm, mpirun):
     # Open MPI's mpirun takes about 2 s to stop the other ranks and exit; the cell fails as it exits
     assert seen["after"] <= FAILS_WITHIN + 1, f"the cell failed {seen['after']:.1f} s after the death"
     assert seen["said"].startswith(f"ipcmagic: {engines(seen, [1])} exited with code 3; ")
-    assert "ended with the mpirun step (mpirun exited with code 3)" in seen["said"]
+    assert "ended with the mpirun step" in seen["said"], seen["said"]  # before or after mpirun exits
     assert seen["whole"] == [3, 3, 3]
 
 
