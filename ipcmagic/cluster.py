@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
@@ -28,9 +28,6 @@ from .losses import Follower, guard_targets, process_alive, tell_controller
 from .slurm import Allocation
 from .status import ClusterStatus
 from .watchdog import Watchdog
-
-if TYPE_CHECKING:
-    from .replies import Plain
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
 LOOPBACK = "127.0.0.1"
@@ -206,19 +203,19 @@ def address_towards(hosts: list[str]) -> str:
     )
 
 
-def _engine_info() -> Plain:
+def _engine_info() -> Any:
     """Runs on an engine: its MPI rank and world size (None without MPI), host, pid, CPU
     affinity, CUDA_VISIBLE_DEVICES and Slurm step, as a dict."""
     import os
     import socket
     import sys
 
-    from ipcmagic.replies import Plain
+    from ipcmagic.replies import plain
     from ipcmagic.status import cpu_ranges
 
     world = sys.modules["mpi4py.MPI"].COMM_WORLD if "mpi4py.MPI" in sys.modules else None
     job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
-    return Plain(
+    return plain(
         {
             "rank": world.Get_rank() if world else None,
             "size": world.Get_size() if world else None,
@@ -544,9 +541,11 @@ class IPCluster(LoggingConfigurable):
         self.follower.forget()
         self.follower = None
         self.cluster.stop_engines_sync()
-        # as each engine's nanny would, had it outlived its engine: the controller forgets them now
-        # instead of after heartbeat_tolerance
-        tell_controller(self.connection_file, stopped)
+        try:  # as each engine's nanny would, had it outlived its engine: the controller forgets
+            # them now instead of after heartbeat_tolerance
+            tell_controller(self.connection_file, stopped)
+        except Exception as e:  # then the heartbeats tell it, within the timeout below
+            self.log.debug("could not unregister the stopped engines: %s", e)
         deadline = time.monotonic() + timeout
         while self.client.ids:  # the controller unregisters the stopped engines
             if time.monotonic() > deadline:

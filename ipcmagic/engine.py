@@ -21,14 +21,30 @@ from typing import IO, Any, NoReturn
 
 from ipyparallel.engine import app, nanny
 
+from .internals import fits, parameters
+
 
 def import_kernel_without_debugger() -> None:
     """Import ipykernel's debugger module as if debugpy were missing; user code can still import it."""
     sys.modules["debugpy"] = None  # type: ignore[assignment]  # an import of it raises ImportError
     try:
         import ipykernel.debugger  # noqa: F401
+    except ImportError as e:  # it needs debugpy now: ipykernel imports it as it ships
+        fits("ipykernel.debugger without debugpy", False, f"it does not import ({e})")
     finally:
         del sys.modules["debugpy"]
+
+
+def nanny_fits() -> bool:
+    """Whether ipyparallel starts the nanny as :class:`ForkedNanny` expects: ``start_nanny(**kwargs)``
+    from the engine's app, and ``nanny.main()`` reading those from stdin."""
+    return fits(
+        "ipyparallel.engine.nanny",
+        parameters(nanny.start_nanny) == ["kwargs"]
+        and parameters(nanny.main) == []
+        and getattr(app, "start_nanny", None) is nanny.start_nanny,
+        "the nanny is started differently than ipcmagic forks it",
+    )
 
 
 class ForkedNanny:
@@ -86,16 +102,17 @@ class ForkedNanny:
 class Engine(app.IPEngine):
     """ipyparallel's engine; configured as ``IPEngine``."""
 
-    forked_nanny: ForkedNanny
+    forked_nanny: ForkedNanny | None = None
 
     def init_engine(self) -> None:
-        if not self.enable_nanny:
+        if self.forked_nanny and not self.enable_nanny:
             self.forked_nanny.cancel()
         super().init_engine()
 
 
 if __name__ == "__main__":
     import_kernel_without_debugger()
-    Engine.forked_nanny = ForkedNanny()
-    app.start_nanny = Engine.forked_nanny.start  # what IPEngine.start_nanny calls
+    if nanny_fits():
+        Engine.forked_nanny = ForkedNanny()
+        app.start_nanny = Engine.forked_nanny.start  # what IPEngine.start_nanny calls
     Engine.launch_instance()

@@ -4,10 +4,7 @@ engine's place among the engines of its host."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .replies import Plain
+from typing import Any
 
 
 def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
@@ -32,11 +29,11 @@ def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
     return sets
 
 
-def use_gpus(devices: str) -> Plain:
+def use_gpus(devices: str) -> Any:
     """Runs on an engine, before anything there initialised CUDA: see only ``devices``."""
     import os
 
-    from ipcmagic.replies import Plain
+    from ipcmagic.replies import plain
 
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    return Plain(None)
+    return plain(None)

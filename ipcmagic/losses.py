@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from .exits import by_returncode, rank_exits, sentence
+from .internals import fits, parameters
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ def guard_targets(client: Any, lost: Callable[[], list[dict[str, Any]]], step: s
     from ipyparallel.error import NoEnginesRegistered
 
     build = getattr(client, "_build_targets", None)
-    if not callable(build):
-        log.debug("ipyparallel's Client has no _build_targets; work for lost engines raises its own errors")
+    if not fits("Client._build_targets", parameters(build) == ["targets"], "its signature changed"):
         return
 
     def _build_targets(targets: Any) -> Any:

@@ -14,9 +14,9 @@ it is guarded: when the signature is not the one relied on, Client stays as ipyp
 from __future__ import annotations
 
 import functools
-import inspect
-import logging
 from typing import Any
+
+from .internals import fits, parameters
 
 #: Client arguments that say where to connect; a Client given none of them looks in the profile
 _WHERE = ("url_file", "url_or_file", "profile_dir", "cluster_id", "ipython_dir", "sshserver")
@@ -39,10 +39,7 @@ def _connects_by_default(connection_info: Any, kwargs: dict[str, Any]) -> bool:
 
 def _relied_on(init: Any) -> bool:
     """Whether ``Client.__init__`` still takes ``connection_info`` first and the profile keywords."""
-    try:
-        params = list(inspect.signature(init).parameters)
-    except (TypeError, ValueError):
-        return False
+    params = parameters(init) or []
     return params[1:2] == ["connection_info"] and {"profile", "profile_dir", "cluster_id"} <= set(params)
 
 
@@ -53,11 +50,7 @@ def install() -> None:
     init = Client.__init__
     if getattr(init, _MARK, False):
         return
-    if not _relied_on(init):
-        logging.getLogger("ipcmagic").debug(
-            "ipyparallel.Client.__init__ differs from what ipcmagic expects; "
-            "a plain Client() keeps ipyparallel's default connection"
-        )
+    if not fits("Client.__init__", _relied_on(init), "its signature changed"):
         return
 
     @functools.wraps(init)

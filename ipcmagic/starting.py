@@ -9,6 +9,8 @@ from typing import Any
 import ipyparallel as ipp
 from ipyparallel.util import progress
 
+from .internals import fits
+
 
 class Cluster(ipp.Cluster):
     """An ``ipyparallel.Cluster`` whose start waits for its engines with ipcmagic's progress bar.
@@ -26,7 +28,7 @@ class Cluster(ipp.Cluster):
         it closes at return, and the launchers' exit callbacks (:mod:`ipcmagic.losses`) would never
         run. Guarded: without ``_in_thread``, ipyparallel's own choice."""
         run = getattr(super(), "_in_thread", None)
-        if run is None:
+        if not fits("Cluster._in_thread", callable(run), "ipyparallel's Cluster has none"):
             return super()._synchronize(async_f, *args, **kwargs)
         return run(async_f, *args, **kwargs)
 
@@ -66,7 +68,7 @@ class Cluster(ipp.Cluster):
         it ever started. Guarded: without the attributes this relies on, nothing happens.
         """
         thread, loop = getattr(self, "_async_thread", None), getattr(self, "_thread_loop", None)
-        if thread is None or loop is None:
+        if thread is None or not fits("Cluster._thread_loop", loop is not None, "the thread has no loop"):
             return
         loop.add_callback(loop.stop)
         thread.join(timeout=5)

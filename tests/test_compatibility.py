@@ -236,17 +236,6 @@ def test_another_process_connects_with_the_file_status_shows(ip, outside_slurm, 
     ], out.stderr
 
 
-def test_a_plain_client_stays_stock_when_ipyparallel_changes(monkeypatch):
-    """The guard: a Client.__init__ of another shape is left as it is."""
-
-    def changed(self, url_or_file=None, **kwargs):  # e.g. an older or newer ipyparallel
-        pass
-
-    monkeypatch.setattr(ipp.Client, "__init__", changed)
-    plain_client.install()
-    assert ipp.Client.__init__ is changed
-
-
 @pytest.mark.parametrize(
     ("args", "kwargs", "default"),
     [

@@ -100,6 +100,8 @@ CASES = {
     "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; srun then stopped the "
     "others: ...": "lost engine",
     "EnginesLost: engine 1 ... %ipcluster restart starts all engines anew.": "engines lost",
+    "EnginesLost: engine 1 (MPI rank 1, ...) exited with code 3; ... %ipcluster restart starts all engines "
+    "anew.": "engines lost",
     "EnginesLost: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; ... all 3 engines were "
     "restarted, so their variables are gone.": "pxtimeout restarted",
     "UsageError: srun is not on PATH; load it ...": "not on PATH",

@@ -1,0 +1,119 @@
+"""Each of ipcmagic's reaches into ipyparallel's and ipykernel's internals falls back to the stock
+behaviour when the shape it relies on changes (a new release): the cluster still starts and %%px
+works (docs/internals.md).
+
+Changes in the engine and controller programs are made by a ``sitecustomize`` on their
+``PYTHONPATH``, which Python imports before anything else; changes in the kernel by monkeypatch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ipyparallel as ipp
+import psutil
+import pytest
+from ipyparallel import _async
+
+import ipcmagic
+from ipcmagic import internals, plain_client
+
+#: what each sitecustomize changes in a new process: a shape ipcmagic's patch relies on
+CHANGED = {
+    "nanny": """
+import ipyparallel.engine.app as app, ipyparallel.engine.nanny as nanny
+original = nanny.start_nanny
+def start_nanny(*, control_url, **kwargs):  # another signature, the same work
+    return original(control_url=control_url, **kwargs)
+nanny.start_nanny = app.start_nanny = start_nanny
+""",
+    "controller time": """
+import time, types, ipyparallel.controller.app as app
+app.time = types.SimpleNamespace(**vars(time))  # the module no longer holds time itself
+""",
+    "replies": """
+import ipyparallel.serialize as package, ipyparallel.serialize.serialize as serialize
+original = serialize.serialize_object
+def serialize_object(obj, *args, **kwargs):  # a release that cans every reply, pre-pickled or not
+    return original(vars(obj) if isinstance(obj, serialize.PrePickled) else obj, *args, **kwargs)
+serialize.serialize_object = package.serialize_object = serialize_object
+""",
+    "debugger": """
+import sys
+class NeedsDebugpy:  # an ipykernel.debugger that cannot import without debugpy
+    def find_spec(self, name, path=None, target=None):
+        if name == "ipykernel.debugger" and sys.modules.get("debugpy", 0) is None:
+            raise ImportError("debugpy is required")
+sys.meta_path.insert(0, NeedsDebugpy())
+""",
+}
+
+
+def assert_px_works(ip, start: str = "start -n 2 --launcher local") -> None:
+    ip.run_line_magic("ipcluster", start)
+    ip.run_cell_magic("px", "", "x = 1")
+    assert ipcmagic.client()[:]["x"] == [1, 1]
+
+
+#: what ipcmagic.internals logs for each change, when its debug messages are shown
+SAID = {
+    "nanny": "ipyparallel.engine.nanny: the nanny is started differently than ipcmagic forks it",
+    "controller time": "ipyparallel.controller.app.time: the module holds no time",
+    "replies": "ipyparallel's PrePickled: it is no longer sent as it is",
+    "debugger": "ipykernel.debugger without debugpy: it does not import (debugpy is required)",
+}
+SHOW_DEBUG = """
+import logging
+logging.getLogger("ipcmagic.internals").addHandler(logging.StreamHandler())
+logging.getLogger("ipcmagic.internals").setLevel(logging.DEBUG)
+"""
+
+
+@pytest.mark.parametrize("change", list(CHANGED))
+def test_engine_and_controller_programs_fall_back(ip, outside_slurm, tmp_path, monkeypatch, change):
+    (tmp_path / "sitecustomize.py").write_text(SHOW_DEBUG + CHANGED[change])
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert_px_works(ip)
+    cluster = ipcmagic.client().cluster
+    said = "\n".join(la.get_output() for la in [cluster.controller, *cluster.engines.values()])
+    assert f"{SAID[change]}; the stock behaviour stays" in said, said
+    engines = [psutil.Process(pid) for pid in ipcmagic.client()[:].apply_sync(__import__("os").getpid)]
+    nannies = [" ".join(child.cmdline()) for engine in engines for child in engine.children()]
+    forked = all("ipcmagic.engine" in nanny for nanny in nannies)  # a fork has its engine's command line
+    assert forked == (change != "nanny"), nannies
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_a_cluster_without_ipyparallels_thread_loop(ip, outside_slurm, monkeypatch, caplog):
+    """Cluster._in_thread gone: each call runs on its own loop, as ipyparallel does in a terminal."""
+    monkeypatch.delattr(_async.AsyncFirst, "_in_thread")
+    monkeypatch.setattr(internals, "_said", set())
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+        assert_px_works(ip)
+    assert "Cluster._in_thread: ipyparallel's Cluster has none; the stock behaviour stays" in caplog.text
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_a_client_whose_build_targets_changed(ip, outside_slurm, monkeypatch):
+    original = ipp.Client._build_targets
+
+    def _build_targets(self, targets, extra=None):  # another signature, the same work
+        return original(self, targets)
+
+    monkeypatch.setattr(ipp.Client, "_build_targets", _build_targets)
+    assert_px_works(ip)
+    assert "_build_targets" not in vars(ipcmagic.client()), "left as ipyparallel ships it"
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_a_client_whose_init_changed(ip, outside_slurm, monkeypatch):
+    original = ipp.Client.__init__
+
+    def changed(self, url_or_file=None, **kwargs):  # another signature, the same work
+        original(self, url_or_file, **kwargs)
+
+    monkeypatch.setattr(ipp.Client, "__init__", changed)
+    plain_client.install()
+    assert ipp.Client.__init__ is changed
+    assert_px_works(ip)
+    ip.run_line_magic("ipcluster", "stop")
