@@ -203,7 +203,7 @@ def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_s
     with pytest.raises(
         ParallelTimeout, match=rf"engine 1 \(pid {lost} on \S+\) exited with code 3; all 3 engines"
     ):
-        ip.run_cell_magic("pxtimeout", "5", cell)
+        ip.run_cell_magic("pxtimeout", "3", cell)
     assert_full_cluster(ip, 3)
     ip.run_line_magic("ipcluster", "stop")
 

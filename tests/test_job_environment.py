@@ -87,7 +87,7 @@ def test_engines_and_torchrun_start_whatever_the_job_left(
 def test_engines_without_ipcmagics_environment_say_so(ip, in_allocation):
     """An export list the user passes still wins; the error names the cause, not --timeout."""
     with pytest.raises(ClusterError, match="did not receive ipcmagic's environment") as failure:
-        ip.run_line_magic("ipcluster", 'start -n 2 --timeout 15 --launcher-args "--export=PATH,SLURM_CONF"')
+        ip.run_line_magic("ipcluster", 'start -n 2 --timeout 6 --launcher-args "--export=PATH,SLURM_CONF"')
     assert "raise --timeout" not in str(failure.value)
 
 

@@ -70,14 +70,14 @@ def test_push_and_pull_say_what_is_wrong_before_anything_starts(ip, outside_slur
         ip.run_line_magic("torchrun", "--pull x script.py")
 
 
-def test_a_rank_that_does_not_define_a_pulled_name_is_named(ip, outside_slurm, torch_installed):
+def test_a_rank_that_does_not_define_a_pulled_name_is_named(ip, in_allocation, torch_installed):
     code = "import os\nif os.environ['RANK'] == '0':\n    x = 1"
     with pytest.raises(TorchrunError, match="--pull x: rank 1 did not define x"):
         ip.run_cell_magic("torchrun", "-n 2 --pull x", code)
     assert "x" not in ip.user_ns
 
 
-def test_a_pulled_value_that_cannot_be_sent_is_named(ip, outside_slurm, torch_installed):
+def test_a_pulled_value_that_cannot_be_sent_is_named(ip, in_allocation, torch_installed):
     with pytest.raises(
         TorchrunError, match=r"rank 0's values cannot be sent to the kernel \(TypeError: cannot"
     ):
@@ -112,13 +112,13 @@ def test_launch_says_what_cannot_be_sent(ip, outside_slurm):
         launch(lambda: lock, nproc=1)
 
 
-def test_a_gigabyte_each_way(ip, outside_slurm, torch_installed):
+def test_a_gigabyte_each_way(ip, in_allocation, torch_installed):
     """1 GB to every rank and 1 GB back, through the connection alone."""
     import numpy as np
 
     big = np.arange(1 << 27, dtype=np.float64)  # 1 GiB
     tic = time.monotonic()
-    back = launch(_echo_on_rank_0, big, nproc=2)
+    back = launch(_echo_on_rank_0, big, nproc=2, launcher="srun")
     took = time.monotonic() - tic
     assert back[1] == float(big.sum()) and np.array_equal(back[0], big), "every byte"
     print(f"1 GiB to 2 ranks and 1 GiB back: {took:.1f} s")
@@ -205,9 +205,9 @@ def test_nothing_is_left_after_a_timeout_or_an_interrupt(ip, in_allocation, torc
     ip.user_ns["x"] = 1
     sleeping = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)"
     if end == "interrupt":
-        threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT)).start()
+        threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(TorchrunInterrupted if end == "interrupt" else TorchrunError):
         ip.run_cell_magic(
-            "torchrun", f"-n 2 --timeout {60 if end == 'interrupt' else 4} --push x --pull x", sleeping
+            "torchrun", f"-n 2 --timeout {60 if end == 'interrupt' else 2} --push x --pull x", sleeping
         )
     assert "x" in ip.user_ns and ip.user_ns["x"] == 1
