@@ -26,11 +26,14 @@ from .internals import fits, parameters
 
 def import_kernel_without_debugger() -> None:
     """Import ipykernel's debugger module as if debugpy were missing; user code can still import it."""
+    reach = "ipykernel.debugger without debugpy"
+    if not fits(reach, "ipykernel.debugger" not in sys.modules, "ipyparallel imported it first"):
+        return  # ipykernel 6.9, through ipyparallel's engine app
     sys.modules["debugpy"] = None  # type: ignore[assignment]  # an import of it raises ImportError
     try:
         import ipykernel.debugger  # noqa: F401
     except ImportError as e:  # it needs debugpy now: ipykernel imports it as it ships
-        fits("ipykernel.debugger without debugpy", False, f"it does not import ({e})")
+        fits(reach, False, f"it does not import ({e})")
     finally:
         del sys.modules["debugpy"]
 
