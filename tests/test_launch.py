@@ -171,10 +171,15 @@ import socket, struct, sys
 length = struct.Struct("!Q")
 def send(sock, data):
     sock.sendall(length.pack(len(data)) + data)
+def exactly(sock, size):
+    data = b""
+    while len(data) < size and (chunk := sock.recv(size - len(data))):
+        data += chunk
+    return data
 for op in (b"get 0", b"put 0"):
     with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
         sock.settimeout(10)
-        sock.recv(4096)  # the kernel's nonce
+        exactly(sock, length.size + 32)  # the kernel's nonce, framed
         for part in (op, b"n" * 32, b"p" * 32, b"stolen"):
             send(sock, part)
         try:
