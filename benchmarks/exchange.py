@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipcmagic.cluster import address_for
 from ipcmagic.slurm import Allocation
-from ipcmagic.torchrun import _address_towards, launch
+from ipcmagic.torchrun import launch
 
 #: reads N bytes from HOST:PORT and exits: the far end of the plain stream
 RECEIVER = """
@@ -60,7 +61,7 @@ def shown(times: list[float]) -> str:
 
 def plain_stream(size: int, far_node: str | None) -> float:
     """Seconds to stream ``size`` bytes from this process to a process on ``far_node`` (or here)."""
-    host = _address_towards((far_node,) if far_node else ())
+    host = address_for((far_node,) if far_node else ())
     with socket.create_server((host, 0)) as server:
         port = server.getsockname()[1]
         where = ["srun", "--overlap", "-N", "1", "-n", "1", "-w", far_node] if far_node else []

@@ -188,6 +188,14 @@ def site_options(configured: Any) -> dict[str, Any]:
     }
 
 
+def address_for(nodes: tuple[str, ...] | list[str]) -> str:
+    """Where processes on ``nodes`` reach this host: loopback when all run here, else this host's
+    address towards the others."""
+    here = {socket.gethostname(), socket.gethostname().split(".")[0]}
+    remote = [node for node in nodes if node not in here]
+    return address_towards(remote) if remote else LOOPBACK
+
+
 def address_towards(hosts: list[str]) -> str:
     """This host's IPv4 address on the interface that routes to ``hosts`` (no packet is sent)."""
     for host in hosts:
@@ -334,11 +342,7 @@ class IPCluster(LoggingConfigurable):
     def _controller_ip(self, plan: EnginePlan, allocation: Allocation | None) -> str:
         if self.controller_ip:
             return self.controller_ip
-        here = {socket.gethostname(), socket.gethostname().split(".")[0]}
-        remote = [node for node in allocation.nodes if node not in here] if allocation else []
-        if plan.launcher == "local" or not remote:
-            return LOOPBACK
-        return address_towards(remote)
+        return LOOPBACK if plan.launcher == "local" else address_for(allocation.nodes if allocation else ())
 
     def start(self, plan: EnginePlan, timeout: int | None = None) -> Any:
         """Start a controller and the planned engines; return the connected Client."""

@@ -144,7 +144,7 @@ class Follower:
         """The roster's rows of ``lost`` engines, each with its ``fate`` and ``report``."""
         if self.step and self.launchers:
             self._learn("\n".join(launcher.get_output() for launcher in self.launchers))
-        rows = [{**row, "report": UNREPORTED} for i, row in self.roster.items() if i in lost]
+        rows = [dict(row) for i, row in self.roster.items() if i in lost]
         for row in rows:
             row["report"], row["fate"] = self.fates.get(row["id"], (UNREPORTED, self._unreported(row)))
         return rows

@@ -29,7 +29,7 @@ from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from . import rank as rank_side
-from .cluster import Interrupted, require_command, resolve_launcher
+from .cluster import Interrupted, address_for, require_command, resolve_launcher
 from .exchange import Exchange
 from .exits import by_returncode, describe, rank_exits
 from .rank import CELL_VAR
@@ -376,7 +376,7 @@ class Torchrun(LoggingConfigurable):
         # stops the ranks (and their children) and removes the directory if the kernel dies
         watchdog = Watchdog(f"{MARKER_VAR}={token}", directory, allocation and allocation.job_id, name)
         nodes = allocation.nodes[:nnodes] if launcher == "srun" else ()
-        exchange = Exchange(offer, _address_towards(nodes)) if offer is not None else None
+        exchange = Exchange(offer, address_for(nodes)) if offer is not None else None
         env = {**os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
         python = python or self.python
         try:
@@ -495,12 +495,3 @@ def pulled(results: list[bytes | None], names: list[str]) -> dict[str, list[Any]
         if kind == "missing":
             raise TorchrunError(f"--pull {value[0]}: rank {rank} did not define {value[0]}")
     return {name: [values[name] for _, values in outcomes] for name in names}
-
-
-def _address_towards(nodes: tuple[str, ...]) -> str:
-    """Where ranks on ``nodes`` reach this kernel: loopback when all run on its node."""
-    from .cluster import LOOPBACK, address_towards
-
-    here = {socket.gethostname(), socket.gethostname().split(".")[0]}
-    remote = [node for node in nodes if node not in here]
-    return address_towards(remote) if remote else LOOPBACK
