@@ -45,6 +45,13 @@ def client() -> Any:
     return _magics.cluster.client
 
 
+def view() -> Any:
+    """The view ``%px`` runs on: all engines, each call one send that the controller fans out
+    (``push``, ``pull``, ``execute``, ``apply``); ``client()[:]`` sends a copy per engine."""
+    client()  # says when no cluster runs
+    return _magics.cluster.view
+
+
 def dask_client() -> Any:
     """The ``distributed.Client`` of this kernel's cluster, started with ``%ipcluster start --dask``."""
     if _magics is None or _magics.cluster.dask_client is None:

@@ -25,8 +25,7 @@ class ParallelTimeout(RuntimeError):
 
 def run_bounded(cluster: IPCluster, cell: str, seconds: float, grace: float = 3.0) -> None:
     """Run ``cell`` on every engine of ``cluster`` for at most ``seconds``."""
-    view = cluster.client[:]
-    result = view.execute(cell, block=False, silent=False)
+    result = cluster.view.execute(cell, block=False, silent=False)
     with result.stream_output():
         finished = result.wait(seconds)
     lost = cluster.lost_engines()

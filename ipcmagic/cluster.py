@@ -319,6 +319,7 @@ class IPCluster(LoggingConfigurable):
         super().__init__(**kwargs)
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
+        self.view = None  # what %px runs on (ipcmagic.pxview)
         self.dask_client = None  # distributed.Client while the engines are dask workers
         self.dask_security = None  # their certificate (distributed.security.Security)
         self.watchdog: Watchdog | None = None
@@ -420,14 +421,15 @@ class IPCluster(LoggingConfigurable):
     def _activate_px(self) -> None:
         """``%px``, ``%%px``, ``%autopx`` and ``%pxresult`` on every engine (again after a restart,
         which may give engines new ids)."""
+        from .pxview import px_view
+
+        self.view = px_view(self.client)
         shell = get_ipython()
         if shell is not None:
             from .magics import forget_px_magics
 
             forget_px_magics(shell, self.client)  # of an earlier activation
-            view = self.client[:]
-            view.block = True
-            view.activate()
+            self.view.activate()
 
     def _start_dask(self, timeout: float) -> None:
         from .daskcluster import start_dask
@@ -445,7 +447,15 @@ class IPCluster(LoggingConfigurable):
     def _engine_args(self, timeout: float) -> list[str]:
         # engines check the controller's pings every period + 500 ms; without them they exit
         misses = max(1, round(self.heartbeat_tolerance * 1000 / (self.heartbeat_ms + 500)))
-        return [f"--IPEngine.max_heartbeat_misses={misses}", f"--IPEngine.wait_for_url_file={timeout}"]
+        return [
+            f"--IPEngine.max_heartbeat_misses={misses}",
+            f"--IPEngine.wait_for_url_file={timeout}",
+            # ipyparallel paces MPI engines' registrations by rank (rank 255 waits 5.1 s) to spare
+            # the controller a flood; instead each engine waits for its reply as long as the start
+            # may take, and the controller answers them as they come (benchmarks/registrations.py)
+            "--IPEngine.mpi_registration_delay=0",
+            f"--IPEngine.timeout={timeout}",
+        ]
 
     def _controller_args(self) -> list[str]:
         misses = max(1, round(self.heartbeat_tolerance * 1000 / self.heartbeat_ms))
@@ -503,7 +513,7 @@ class IPCluster(LoggingConfigurable):
         cluster, client, watchdog, dask_client = self.cluster, self.client, self.watchdog, self.dask_client
         if cluster is None:
             return
-        self.cluster = self.client = self.watchdog = self.dask_client = self.dask_security = None
+        self.cluster = self.client = self.view = self.watchdog = self.dask_client = self.dask_security = None
         if self.follower is not None:
             self.follower.forget()
         self.follower, self.roster = None, {}

@@ -42,7 +42,7 @@ class Cluster(ipp.Cluster):
         deadline = loop.time() + timeout  # for the whole start, not only the wait for the engines
         try:
             await asyncio.wait_for(self.start_cluster(n), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"the controller and launchers did not start within {timeout} s") from None
         client = self.client = await self.connect_client()
         left = max(0.0, deadline - loop.time())

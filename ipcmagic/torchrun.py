@@ -143,7 +143,8 @@ def plan_standalone(
         python,
         *program,
     ]
-    return TorchrunPlan(argv, clean_env(env), nproc, "torchrun")
+    # torchrun's --tee and the ranks write to a pipe and files: unbuffered, so lines show as printed
+    return TorchrunPlan(argv, {**clean_env(env), "PYTHONUNBUFFERED": "1"}, nproc, "torchrun")
 
 
 def plan_srun(

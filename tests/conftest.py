@@ -19,6 +19,9 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 CI = os.environ.get("CI") == "true"
+# the development machines set it; a kernel that JupyterHub starts does not (it hid that torchrun's
+# output waited in a pipe's buffer until the run ended)
+os.environ.pop("PYTHONUNBUFFERED", None)
 ROOT = Path(__file__).resolve().parent.parent
 ALLOCATION_TASKS = 8
 #: the 2-node lab (SLURMLAB_NODES=2 dev/slurmlab start): nodes n1, n2 with private /tmp each
@@ -202,12 +205,12 @@ def mpirun() -> None:
     )
 
 
-MPICH_LIBMPI = Path(sys.prefix) / "opt" / "mpich" / "lib" / "libmpi.so.12"
+MPICH_LIBMPI = ROOT / ".venv" / "opt" / "mpich" / "lib" / "libmpi.so.12"  # also for tox's venvs
 
 
 @pytest.fixture
 def mpich_libmpi() -> str:
-    """The PyPI mpich wheel's libmpi (dev/setup installs it beside the venv), for mpi4py to load."""
+    """The PyPI mpich wheel's libmpi (dev/setup installs it beside .venv), for mpi4py to load."""
     require(
         MPICH_LIBMPI.exists(), f"no {MPICH_LIBMPI} (pip install --prefix {MPICH_LIBMPI.parents[1]} mpich)"
     )

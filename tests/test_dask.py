@@ -93,7 +93,9 @@ def test_dask_refuses_anyone_without_the_clusters_certificate(ip, in_allocation)
     workers = list(dask.scheduler_info()["workers"])
     assert all(w.startswith("tls://127.0.0.1:") for w in workers)
     addresses = [scheduler, scheduler.replace("tls://", "tcp://"), *workers]
-    out = subprocess.run([sys.executable, "-c", DASK_INTRUDER, *addresses], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", DASK_INTRUDER, *addresses], capture_output=True, text=True, timeout=120
+    )
     assert out.stdout.splitlines() == ["refused"] * len(addresses), out.stdout + out.stderr[-3000:]
     controller = ipcmagic._magics.cluster.cluster.controller.process.pid
     ports = [a.rsplit(":", 1)[1] for a in [scheduler, *workers]]

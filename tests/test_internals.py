@@ -47,6 +47,13 @@ class NeedsDebugpy:  # an ipykernel.debugger that cannot import without debugpy
             raise ImportError("debugpy is required")
 sys.meta_path.insert(0, NeedsDebugpy())
 """,
+    "stop": """
+import ipyparallel.engine.app as app
+original = app.IPEngine._signal_stop
+def _signal_stop(self, sig, frame=None, *, why="a signal"):  # another signature, the same work
+    return original(self, sig, frame)
+app.IPEngine._signal_stop = _signal_stop
+""",
 }
 
 
@@ -63,6 +70,7 @@ SAID = {
     "replies": "ipyparallel's PrePickled: it is no longer sent as it is",
     # with ipykernel 6.9, ipyparallel imports it (and debugpy) first: the fallback says so
     "debugger": "ipykernel.debugger without debugpy: ",
+    "stop": "IPEngine._signal_stop: SIGTERM is handled differently than ipcmagic expects",
 }
 SHOW_DEBUG = """
 import logging
@@ -118,4 +126,22 @@ def test_a_client_whose_init_changed(ip, outside_slurm, monkeypatch):
     plain_client.install()
     assert ipp.Client.__init__ is changed
     assert_px_works(ip)
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_a_client_without_the_broadcast_socket(ip, outside_slurm, monkeypatch, caplog):
+    """%px on ipyparallel's DirectView, as before ipcmagic.pxview."""
+    original = ipp.Client.__init__
+
+    def renamed(self, *args, **kwargs):  # a release that keeps the broadcast socket elsewhere
+        original(self, *args, **kwargs)
+        self._fanout_stream = self.__dict__.pop("_broadcast_stream")
+
+    monkeypatch.setattr(ipp.Client, "__init__", renamed)
+    monkeypatch.setattr(internals, "_said", set())
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+        assert_px_works(ip)
+    assert type(ipcmagic.view()) is ipp.DirectView
+    said = "Client._broadcast_stream: the client has no broadcast socket; the stock behaviour stays"
+    assert said in caplog.text
     ip.run_line_magic("ipcluster", "stop")

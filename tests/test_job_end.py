@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,17 +38,28 @@ shell.run_cell_magic("torchrun", "-n 2 --launcher " + sys.argv[2],
 
 
 def start_kernel(command: list[str]) -> tuple[subprocess.Popen, str]:
-    """Start the kernel-like process; return it and its job id once both ranks run."""
+    """Start the kernel-like process; return it and its job id once both ranks run (within 120 s,
+    else kill it, as the tests do next, and fail with what it said)."""
     kernel = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:  # to its end, so that the kernel never blocks on a full pipe
+        with kernel.stdout:
+            for line in kernel.stdout:
+                lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
     job, running, seen = None, 0, []
     deadline = time.monotonic() + 120
-    while running < 2 and time.monotonic() < deadline:
-        line = kernel.stdout.readline()
-        assert line, "".join(seen)
-        seen.append(line)
-        job = line.split()[1] if line.startswith("job ") else job
-        running += line.rstrip().endswith("] running")
-    assert running == 2, "".join(seen)
+    try:
+        while running < 2:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            seen.append(line)
+            job = line.split()[1] if line.startswith("job ") else job
+            running += line.rstrip().endswith("] running")
+    except queue.Empty:
+        kernel.kill()
+        pytest.fail("both ranks were not running after 120 s; the kernel said:\n" + "".join(seen))
     return kernel, job
 
 
@@ -58,7 +71,6 @@ def test_cancelled_job_leaves_nothing(slurm, nothing_left):
     )
     subprocess.run(["scancel", job], check=True)
     kernel.wait(60)
-    kernel.stdout.close()
     # nothing_left: no process, no step and no /tmp/ipcmagic-* (the cluster's or the run's)
 
 
@@ -68,7 +80,6 @@ def test_killed_kernel_stops_its_torchrun(request, torch_installed, nothing_left
     kernel, _ = start_kernel([sys.executable, "-c", KERNEL, "no cluster", launcher])
     os.kill(kernel.pid, signal.SIGKILL)
     kernel.wait()
-    kernel.stdout.close()
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ def test_standalone_plan_drops_stale_rank_variables():
     plan = plan_standalone("/py", 4, ["cell.py", "--lr", "1"], "/tmp/x/logs", {**STALE, "HOME": "/h"})
     assert plan.argv[:5] == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
     assert plan.argv[-5:] == ["--no-python", "/py", "cell.py", "--lr", "1"]
-    assert plan.env == {"HOME": "/h"}
+    assert plan.env == {"HOME": "/h", "PYTHONUNBUFFERED": "1"}  # lines show as the ranks print them
 
 
 def test_srun_plan():
