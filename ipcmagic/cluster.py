@@ -592,7 +592,7 @@ class IPCluster(LoggingConfigurable):
             reply.get()
         self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
         self.follower = Follower(self.roster, self.connection_file, self.step)
-        self.follower.follow(self._engine_launchers())
+        self.follower.follow(self._engine_launchers(), self.client)
 
     @property
     def step(self) -> str | None:

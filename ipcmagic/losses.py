@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from .exits import by_returncode, rank_exits, sentence
@@ -28,6 +31,13 @@ log = logging.getLogger(__name__)
 UNHEARD = "stopped answering heartbeats (frozen, or its node is unreachable)"
 #: the same, on another node: its nanny or the heartbeats told the controller
 LOST_ELSEWHERE = "was lost (it ended, or stopped answering heartbeats)"
+#: how engines of a step on another node ended that stopped answering heartbeats while their
+#: launcher saw no end of them: their node died or is cut off
+NODE_LOST = "stopped answering heartbeats while {step} saw no end (the node is unreachable)"
+#: how the others of that step ended: ipcmagic stopped it, so that none waits for them in MPI
+STEP_STOPPED = "was stopped by ipcmagic with the {step} step"
+#: how long ipcmagic waits for the launcher's word on an engine the controller let go
+LAUNCHER_WORD = 0.5
 #: the report number of an end no launcher reported: after all that were
 UNREPORTED = 1 << 30
 
@@ -89,16 +99,57 @@ class Follower:
         self.launchers: list[Any] = []
         self.fates: dict[int, tuple[int, str]] = {}
         self.following = True
+        self.let_go: set[int] = set()  # engines of other nodes that the controller let go
+        self.lock = threading.Lock()
+        self.client: Any = None
 
-    def follow(self, launchers: list[Any]) -> None:
-        """Call :meth:`ended` when each launcher's process exits (at once if it already has)."""
+    def follow(self, launchers: list[Any], client: Any) -> None:
+        """Call :meth:`ended` when each launcher's process exits (at once if it already has), and
+        :meth:`unregistered` when the controller lets an engine go."""
         self.launchers = launchers
         for launcher in launchers:
             launcher.on_stop(partial(self.ended, launcher))
+        callbacks = getattr(client, "_registration_callbacks", None)
+        if fits("Client._registration_callbacks", isinstance(callbacks, list), "it is no list"):
+            self.client = client
+            callbacks.append(self.unregistered)
 
     def forget(self) -> None:
         """The engines are being stopped on purpose: their ends are no loss."""
         self.following = False
+        if self.client is not None and self.unregistered in self.client._registration_callbacks:
+            self.client._registration_callbacks.remove(self.unregistered)
+
+    def unregistered(self, event: dict[str, Any]) -> None:
+        """The controller let an engine go (in the client's thread). If it ran on another node in a
+        step whose launcher does not say it ended, :meth:`stop_lost_step` follows."""
+        i = event.get("id")
+        if (
+            event.get("event") == "unregister"
+            and self.step
+            and i in self.roster
+            and not _here(self.roster[i])
+        ):
+            self.let_go.add(i)
+            threading.Timer(LAUNCHER_WORD, self.stop_lost_step).start()
+
+    def stop_lost_step(self) -> None:
+        """Engines of another node were let go while their launcher saw no end of them: their
+        node died or is cut off. Stop the step, as Slurm does on a node failure, so that the
+        other ranks do not wait for them in MPI forever, and fail the work of all at once."""
+        with self.lock:
+            if not self.following:
+                return
+            self._learn("\n".join(map(output_so_far, self.launchers)))
+            lost = [i for i in self.let_go if i not in self.fates]
+            if not lost:
+                return
+            self.fates.update(dict.fromkeys(lost, (-1, NODE_LOST.format(step=self.step))))
+            others = [i for i in self.roster if i not in self.fates]
+            self.fates.update(dict.fromkeys(others, (UNREPORTED - 1, STEP_STOPPED.format(step=self.step))))
+        for launcher in self.launchers:
+            launcher.signal(signal.SIGTERM)
+        self._tell(others)
 
     def ended(self, launcher: Any, stop_data: dict[str, Any] | None) -> None:
         """A launcher's process exited (in ipyparallel's event loop thread): every engine it ran
@@ -107,7 +158,7 @@ class Follower:
             return
         code = (stop_data or {}).get("exit_code") or 0
         if self.step:
-            self._learn(launcher.get_output())
+            self._learn(output_so_far(launcher))
             with_step = f"ended with the {self.step} step ({self.step} {by_returncode(code)})"
             ended = dict.fromkeys(self.roster, (UNREPORTED - 1, with_step))
         else:  # each local engine's end is a report of its own
@@ -119,10 +170,14 @@ class Follower:
             }
         for i, fate in ended.items():
             self.fates.setdefault(i, fate)
-        try:  # those it already let go it ignores
-            tell_controller(self.connection_file, list(ended))
+        self._tell(list(ended))
+
+    def _tell(self, ids: list[int]) -> None:
+        """Tell the controller that engines ``ids`` are gone (those it already let go it ignores)."""
+        try:
+            tell_controller(self.connection_file, ids)
         except Exception as e:  # the heartbeats will tell it, later
-            log.debug("could not unregister engines %s: %s", list(ended), e)
+            log.debug("could not unregister engines %s: %s", ids, e)
 
     def _learn(self, output: str) -> None:
         """The fates the step's launcher has reported so far (srun says ``task 1: Exited ...`` as
@@ -143,7 +198,7 @@ class Follower:
     def rows(self, lost: set[int]) -> list[dict[str, Any]]:
         """The roster's rows of ``lost`` engines, each with its ``fate`` and ``report``."""
         if self.step and self.launchers:
-            self._learn("\n".join(launcher.get_output() for launcher in self.launchers))
+            self._learn("\n".join(map(output_so_far, self.launchers)))
         rows = [dict(row) for i, row in self.roster.items() if i in lost]
         for row in rows:
             row["report"], row["fate"] = self.fates.get(row["id"], (UNREPORTED, self._unreported(row)))
@@ -156,6 +211,15 @@ class Follower:
         if process_alive(row["pid"]):
             return UNHEARD
         return f"ended with the {self.step} step" if self.step else "exited"
+
+
+def output_so_far(launcher: Any) -> str:
+    """What a launcher printed so far: ipyparallel's ``get_output()`` keeps its first read for
+    good, so while the process runs its file is read instead."""
+    try:
+        return Path(launcher.output_file).read_text(errors="replace")
+    except (AttributeError, TypeError, OSError):  # no file, or removed once the process ended
+        return launcher.get_output()
 
 
 def _here(row: dict[str, Any]) -> bool:

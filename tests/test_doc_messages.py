@@ -40,6 +40,17 @@ OTHERS = [
 ]
 
 
+def node_lost() -> list[dict]:
+    """Engines 2 and 3 on nid002 stopped answering; ipcmagic stopped 0 and 1 with the step."""
+    lost = [{"id": i, "rank": i, "pid": 4240 + i, "host": "nid002", "report": -1} for i in (2, 3)]
+    for row in lost:
+        row["fate"] = losses.NODE_LOST.format(step="srun")
+    others = [{"id": i, "rank": i, "pid": 4240 + i, "host": "nid001", "report": 1 << 29} for i in (0, 1)]
+    for row in others:
+        row["fate"] = losses.STEP_STOPPED.format(step="srun")
+    return lost + others
+
+
 def usage_error(call, *args, **kwargs) -> str:
     with pytest.raises(UsageError) as raised:
         call(*args, **kwargs)
@@ -73,6 +84,7 @@ def messages(monkeypatch) -> dict[str, str]:
         "torchrun timeout": f"TorchrunError: {torchrun.timed_out_message(30)}",
         "lost engine": f"ipcmagic: {losses.lost_engines_message(step, 'srun')}",
         "engines lost": f"EnginesLost: {losses.lost_engines_message(step, 'srun')}",
+        "node lost": f"ipcmagic: {losses.describe_loss(node_lost(), 'srun')}.",
         "pxtimeout restarted": f"EnginesLost: {losses.describe_loss(step, 'srun')}; {bounded.restarted(3)}",
         "not on PATH": usage_error(require_command, "srun"),
         "already running": f"UsageError: {cluster.already_running(plan)}",
@@ -100,6 +112,9 @@ CASES = {
     "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; srun then stopped the "
     "others: ...": "lost engine",
     "EnginesLost: engine 1 ... %ipcluster restart starts all engines anew.": "engines lost",
+    "ipcmagic: engine 2 (MPI rank 2, pid 4242 on nid002), engine 3 (...) stopped answering heartbeats while "
+    "srun saw no end (the node is unreachable); engine 0 (...), engine 1 (...) were stopped by ipcmagic "
+    "with the srun step.": "node lost",
     "EnginesLost: engine 1 (MPI rank 1, ...) exited with code 3; ... %ipcluster restart starts all engines "
     "anew.": "engines lost",
     "EnginesLost: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; ... all 3 engines were "

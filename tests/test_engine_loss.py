@@ -237,3 +237,64 @@ def test_watching_work_fails_at_once_too(ip, in_allocation):
         ip.run_line_magic("pxwatch", "work")
     assert time.monotonic() - died <= FAILS_WITHIN
     ip.run_line_magic("ipcluster", "stop")
+
+
+#: in a job of the 2-node lab, the kernel on n1: n2's share of the step dies (its slurmstepd, its
+#: engines and their nannies, at once, as in a node failure) while the ranks wait in MPI barriers
+LOSE_A_NODE_IN_A_JOB = """
+import contextlib, io, json, sys, threading, time
+import psutil
+from IPython.core.interactiveshell import InteractiveShell
+import ipcmagic
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+cluster = ipcmagic._magics.cluster
+cluster.heartbeat_tolerance = 3.0
+ip.run_line_magic("ipcluster", "start -n 4")
+roster = {i: (row["pid"], row["host"]) for i, row in cluster.roster.items()}
+engines = [psutil.Process(row["pid"]) for row in cluster.roster.values() if row["host"] == "n2"]
+share = [*{e.parent() for e in engines}, *engines, *(c for e in engines for c in e.children(recursive=True))]
+died = []
+def node_dies():
+    died.append(time.time())
+    for process in share:
+        process.kill()
+threading.Timer(1.0, node_dies).start()
+said = io.StringIO()
+with contextlib.redirect_stderr(said):
+    failed = ip.run_cell("%%px\\nimport time\\nfrom mpi4py import MPI\\nwhile True:\\n"
+                         "    MPI.COMM_WORLD.Barrier()\\n    time.sleep(0.01)").error_in_exec
+after = time.time() - died[0]
+states = [row["state"] for row in cluster.engines()]
+ip.run_line_magic("ipcluster", "restart")
+hosts = ipcmagic.view().apply_sync(lambda: __import__("socket").gethostname())
+tic = time.time()
+ip.run_line_magic("ipcluster", "stop")
+print(json.dumps({"failed": type(failed).__name__, "after": after, "said": said.getvalue().strip(),
+                  "states": states, "hosts": hosts, "stop": time.time() - tic, "roster": roster}))
+"""
+
+
+def test_a_node_lost_mid_cell_fails_it_and_the_rest_goes_on(two_nodes, nothing_left):
+    """Issue 16: the ranks on n1 waited for n2's in MPI forever; now the step is stopped as Slurm
+    stops one that loses a node, and the cell fails within the heartbeat tolerance (3 s here)."""
+    out = run_in_job(
+        ["-N", "2", "--ntasks-per-node=2", "-J", "ipcmagic-node-loss"],
+        ["-N", "1", "-n", "1"],
+        LOSE_A_NODE_IN_A_JOB,
+        two_nodes,
+    )
+    seen = json.loads(out.splitlines()[-1])
+    seen["roster"] = {int(i): row for i, row in seen["roster"].items()}
+    assert [host for _, host in seen["roster"].values()] == ["n1", "n1", "n2", "n2"]
+    assert seen["failed"] == "AlreadyDisplayedError"
+    assert seen["after"] <= 3.0 + FAILS_WITHIN, f"the cell failed {seen['after']:.1f} s after the node"
+    assert seen["said"] == (
+        f"ipcmagic: {engines(seen, [2, 3])} stopped answering heartbeats while srun saw no end (the node is "
+        f"unreachable); {engines(seen, [0, 1])} were stopped by ipcmagic with the srun step. "
+        "%ipcluster restart starts all engines anew."
+    )
+    assert seen["states"] == ["gone"] * 4
+    assert seen["hosts"] == ["n1", "n1", "n2", "n2"], "restarted on the same allocation"
+    assert seen["stop"] <= 5.0
+    # nothing_left: no process on either node, no step, no directory
