@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 
 import ipyparallel as ipp
 import psutil
@@ -74,6 +75,7 @@ SAID = {
 }
 SHOW_DEBUG = """
 import logging
+from collections import deque
 logging.getLogger("ipcmagic.internals").addHandler(logging.StreamHandler())
 logging.getLogger("ipcmagic.internals").setLevel(logging.DEBUG)
 """
@@ -144,4 +146,16 @@ def test_a_client_without_the_broadcast_socket(ip, outside_slurm, monkeypatch, c
     assert type(ipcmagic.view()) is ipp.DirectView
     said = "Client._broadcast_stream: the client has no broadcast socket; the stock behaviour stays"
     assert said in caplog.text
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_a_client_whose_registration_callbacks_changed(ip, outside_slurm, monkeypatch, caplog):
+    """No node-loss watch (the heartbeats alone tell), the cluster as before."""
+    hooks = property(lambda self: self.__dict__.setdefault("_hooks", deque()))  # no list, same use
+    monkeypatch.setattr(ipp.Client, "_registration_callbacks", hooks)
+    monkeypatch.setattr(internals, "_said", set())
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+        assert_px_works(ip)
+    assert ipcmagic._magics.cluster.follower.client is None
+    assert "Client._registration_callbacks: it is no list; the stock behaviour stays" in caplog.text
     ip.run_line_magic("ipcluster", "stop")
