@@ -40,6 +40,8 @@ STEP_STOPPED = "was stopped by ipcmagic with the {step} step"
 LAUNCHER_WORD = 0.5
 #: the report number of an end no launcher reported: after all that were
 UNREPORTED = 1 << 30
+#: the report number of a lost node's engines: before all that the launcher made
+NODE_REPORT = -1
 
 
 class EnginesLost(RuntimeError):
@@ -140,11 +142,11 @@ class Follower:
         with self.lock:
             if not self.following:
                 return
-            self._learn("\n".join(map(output_so_far, self.launchers)))
+            self._learn_so_far()
             lost = [i for i in self.let_go if i not in self.fates]
             if not lost:
                 return
-            self.fates.update(dict.fromkeys(lost, (-1, NODE_LOST.format(step=self.step))))
+            self.fates.update(dict.fromkeys(lost, (NODE_REPORT, NODE_LOST.format(step=self.step))))
             others = [i for i in self.roster if i not in self.fates]
             self.fates.update(dict.fromkeys(others, (UNREPORTED - 1, STEP_STOPPED.format(step=self.step))))
         for launcher in self.launchers:
@@ -188,6 +190,10 @@ class Follower:
                 if by_rank.get(rank) is not None:
                     self.fates.setdefault(by_rank[rank], (report, end.how))
 
+    def _learn_so_far(self) -> None:
+        """The fates that the launchers of the step have reported until now."""
+        self._learn("\n".join(map(output_so_far, self.launchers)))
+
     def known_dead(self) -> set[int]:
         """The engines known to be dead before the controller's heartbeats tell: those whose
         launcher reported their end, and those whose process on this node is gone."""
@@ -197,8 +203,8 @@ class Follower:
 
     def rows(self, lost: set[int]) -> list[dict[str, Any]]:
         """The roster's rows of ``lost`` engines, each with its ``fate`` and ``report``."""
-        if self.step and self.launchers:
-            self._learn("\n".join(map(output_so_far, self.launchers)))
+        if self.step:
+            self._learn_so_far()
         rows = [dict(row) for i, row in self.roster.items() if i in lost]
         for row in rows:
             row["report"], row["fate"] = self.fates.get(row["id"], (UNREPORTED, self._unreported(row)))

@@ -42,7 +42,9 @@ OTHERS = [
 
 def node_lost() -> list[dict]:
     """Engines 2 and 3 on nid002 stopped answering; ipcmagic stopped 0 and 1 with the step."""
-    lost = [{"id": i, "rank": i, "pid": 4240 + i, "host": "nid002", "report": -1} for i in (2, 3)]
+    lost = [
+        {"id": i, "rank": i, "pid": 4240 + i, "host": "nid002", "report": losses.NODE_REPORT} for i in (2, 3)
+    ]
     for row in lost:
         row["fate"] = losses.NODE_LOST.format(step="srun")
     others = [{"id": i, "rank": i, "pid": 4240 + i, "host": "nid001", "report": 1 << 29} for i in (0, 1)]
