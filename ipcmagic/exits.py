@@ -98,7 +98,7 @@ _REPORTS = [
 def describe(ended: list[Ended], launcher: str = "the launcher") -> str:
     """``ranks 0, 1 exited with code 1; srun then stopped the others: rank 2 with SIGTERM``."""
     items = [(rank, end.how, report) for report, end in enumerate(ended) for rank in end.ranks]
-    return sentence(sorted(items), launcher, _ranks)
+    return sentence(sorted(items), launcher, ranks_named)
 
 
 def sentence(items: list[tuple[Any, str, int]], launcher: str | None, who: Callable[[list], str]) -> str:
@@ -123,5 +123,5 @@ def sentence(items: list[tuple[Any, str, int]], launcher: str | None, who: Calla
     return "; ".join(said)
 
 
-def _ranks(ranks: list[int]) -> str:
+def ranks_named(ranks: list[int]) -> str:
     return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"

@@ -1,11 +1,12 @@
 """What runs on every rank of a ``%%torchrun`` run or a :func:`ipcmagic.torchrun.launch`: the
-cell, or the launched function, with the notebook's values in and the results out.
+cell, the script file, or the launched function, with the notebook's values in and the results out.
 
 The ranks run this file's source as ``python -c`` (their Python may be a container's, without
 ipcmagic), so it uses the standard library only, and pickle (cloudpickle's pickles need
 cloudpickle there). With ``$IPCMAGIC_EXCHANGE`` it talks to the kernel's
-:class:`ipcmagic.exchange.Exchange`: a TCP connection on which both sides first prove that they
-hold the run's key (``$IPCMAGIC_EXCHANGE_KEY``), then one value goes each way.
+:class:`ipcmagic.exchange.Exchange` over one TCP connection for the rank's life (:class:`Kernel`):
+both sides first prove that they hold the run's key (``$IPCMAGIC_EXCHANGE_KEY``), then one value
+goes each way, and the rank's exit status last.
 
 A rank leaves as Python would (threads joined, exit handlers run, the same exit code), but without
 the C++ destructors that follow: in torch 2.x they may abort a rank whose work is done ("terminate
@@ -16,6 +17,7 @@ this way).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import hmac
 import linecache
@@ -26,6 +28,7 @@ import struct
 import sys
 import threading
 import traceback
+import types
 from typing import Any
 
 #: the variable that carries a cell's code to every rank, on every node: no file has to reach them
@@ -65,42 +68,94 @@ def proof(key: bytes, *parts: bytes) -> bytes:
     return hmac.new(key, b"\0".join(parts), hashlib.sha256).digest()
 
 
-def exchange(op: bytes, rank: int, data: bytes = b"") -> bytearray:
-    """``get`` what the kernel offers every rank, or ``put`` this rank's result; both sides prove
-    that they hold the run's key before anything else is read."""
-    host, port = os.environ[EXCHANGE_VAR].rsplit(":", 1)
-    key = bytes.fromhex(os.environ[KEY_VAR])
-    with socket.create_connection((host, int(port))) as sock:
-        server_nonce, nonce = receive(sock), os.urandom(32)
-        who = b"%s %d" % (op, rank)
-        send(sock, who)
-        send(sock, nonce)
-        send(sock, proof(key, b"rank", server_nonce, nonce, who))
-        if not hmac.compare_digest(receive(sock), proof(key, b"kernel", nonce, server_nonce)):
+class Kernel:
+    """This rank's connection to the kernel's exchange, held for the rank's life: both sides first
+    prove that they hold the run's key; then the kernel's offer comes in, this rank's result may go
+    out, and its exit status goes out last. Its closing without an exit status tells the kernel
+    that the rank died; when srun does not report that, its node is lost."""
+
+    def __init__(self, rank: int) -> None:
+        host, port = os.environ[EXCHANGE_VAR].rsplit(":", 1)
+        key = bytes.fromhex(os.environ[KEY_VAR])
+        self.sock = socket.create_connection((host, int(port)))
+        server_nonce, nonce = receive(self.sock), os.urandom(32)
+        who = b"%d %s" % (rank, os.environ.get("SLURMD_NODENAME", socket.gethostname()).encode())
+        send(self.sock, who)
+        send(self.sock, nonce)
+        send(self.sock, proof(key, b"rank", server_nonce, nonce, who))
+        if not hmac.compare_digest(receive(self.sock), proof(key, b"kernel", nonce, server_nonce)):
             raise ConnectionError("the exchange did not prove that it is this run's kernel")
-        if op == b"put":
-            send(sock, data)
-        return receive(sock)
+        self.offer = receive(self.sock)
+        self.pid: int | None = os.getpid()
+
+    def put(self, data: bytes) -> None:
+        """Send this rank's result; return once the kernel has it."""
+        send(self.sock, b"put")
+        send(self.sock, data)
+        receive(self.sock)
+
+    def ended(self, status: int) -> None:
+        """Tell the kernel this rank's exit status (from the rank's process only, not a fork)."""
+        if os.getpid() == self.pid:
+            self.pid = None
+            with contextlib.suppress(OSError):
+                send(self.sock, b"exit")
+                send(self.sock, b"%d" % status)
 
 
-def run_cell(code: str) -> int:
-    """Run the cell as ``__main__`` with the pushed values; put the pulled ones; the exit status."""
-    linecache.cache[CELL_NAME] = (len(code), None, code.splitlines(True), CELL_NAME)
+def connect() -> Kernel | None:
+    """The rank's connection to the kernel, when the run has an exchange; from then on
+    ``os._exit`` (also where the rank's code calls it) first tells the kernel the exit status."""
+    if EXCHANGE_VAR not in os.environ:
+        return None
     rank = int(os.environ.get("RANK", "0"))
-    offered = pickle.loads(exchange(b"get", rank)) if EXCHANGE_VAR in os.environ else {}
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__, **offered.get("push", {})}
-    status = _status(lambda: exec(compile(code, CELL_NAME, "exec"), namespace))
+    try:
+        kernel = Kernel(rank)
+    except OSError as error:  # ConnectionError too
+        reach = f"rank {rank} cannot reach the notebook's kernel at {os.environ[EXCHANGE_VAR]}"
+        raise SystemExit(f"ipcmagic: {reach}: {error}") from None
+    _exit = os._exit
+
+    def announced_exit(status: int) -> None:
+        kernel.ended(status)
+        _exit(status)
+
+    os._exit = announced_exit
+    return kernel
+
+
+def run_script(source: str | bytes, filename: str, kernel: Kernel | None) -> int:
+    """Run a cell or a script file as ``__main__``, a cell with the pushed values; put the pulled
+    ones; the exit status."""
+    offered = pickle.loads(kernel.offer) if kernel and kernel.offer else {}
+    main = types.ModuleType("__main__")  # in sys.modules: pickle finds what the code defines
+    main.__dict__.update(offered.get("push", {}), __builtins__=__builtins__)
+    if filename != CELL_NAME:
+        main.__file__ = filename
+    sys.modules["__main__"] = main
+    status = _status(lambda: exec(compile(source, filename, "exec"), main.__dict__))
     if status == 0 and offered.get("pull"):
-        missing = [name for name in offered["pull"] if name not in namespace]
-        values = {name: namespace[name] for name in offered["pull"] if name in namespace}
-        exchange(b"put", rank, _pickled(("missing", missing) if missing else ("ok", values)))
+        missing = [name for name in offered["pull"] if name not in main.__dict__]
+        values = {name: main.__dict__[name] for name in offered["pull"] if name in main.__dict__}
+        kernel.put(_pickled(("missing", missing) if missing else ("ok", values)))
     return status
 
 
-def run_function() -> int:
+def run_file(path: str, kernel: Kernel | None) -> int:
+    """Run a script file as ``python path`` would (its bytes: compile reads its coding line)."""
+    sys.path[0] = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as error:
+        print(f"python: can't open file {path!r}: [Errno {error.errno}] {error.strerror}", file=sys.stderr)
+        return 2
+    return run_script(source, path, kernel)
+
+
+def run_function(kernel: Kernel) -> int:
     """Call the launched function with its arguments; put its value, or its exception as text."""
-    rank = int(os.environ.get("RANK", "0"))
-    fn, args, kwargs, source = pickle.loads(exchange(b"get", rank))
+    fn, args, kwargs, source = pickle.loads(kernel.offer)
     if source:  # a function of the notebook: its tracebacks show the cell's lines
         filename, lines = source
         linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
@@ -110,7 +165,7 @@ def run_function() -> int:
     except BaseException as error:  # a SystemExit or KeyboardInterrupt in fn is its failure too
         lines = traceback.format_exception(type(error), error, error.__traceback__.tb_next)
         outcome = ("raised", f"{type(error).__name__}: {error}", "".join(lines))
-    exchange(b"put", rank, _pickled(outcome))
+    kernel.put(_pickled(outcome))
     return 0 if outcome[0] == "ok" else 1
 
 
@@ -137,9 +192,21 @@ def _status(run: Any) -> int:
 
 
 def main() -> None:
+    """``python -c <this file> [arguments]``: with ``$IPCMAGIC_TORCHRUN_CELL`` the cell, the
+    arguments its ``sys.argv[1:]``; else with arguments the script file they start with; else
+    the launched function."""
+    kernel = connect()
     code = os.environ.pop(CELL_VAR, None)
-    sys.argv[0] = CELL_NAME if code is not None else "<ipcmagic launch>"
-    status = run_cell(code) if code is not None else _status(lambda: sys.exit(run_function()))
+    if code is not None:
+        sys.argv[0] = CELL_NAME
+        linecache.cache[CELL_NAME] = (len(code), None, code.splitlines(True), CELL_NAME)
+        status = run_script(code, CELL_NAME, kernel)
+    elif len(sys.argv) > 1:
+        del sys.argv[0]
+        status = run_file(sys.argv[0], kernel)
+    else:
+        sys.argv[0] = "<ipcmagic launch>"
+        status = _status(lambda: sys.exit(run_function(kernel)))
     getattr(threading, "_shutdown", lambda: None)()
     getattr(atexit, "_run_exitfuncs", lambda: None)()
     sys.stdout.flush()

@@ -31,7 +31,7 @@ from traitlets.config import LoggingConfigurable
 from . import rank as rank_side
 from .cluster import Interrupted, address_for, require_command, resolve_launcher
 from .exchange import Exchange
-from .exits import by_returncode, describe, rank_exits
+from .exits import Ended, by_returncode, describe, rank_exits, ranks_named
 from .rank import CELL_VAR
 from .slurm import BLOCK, Allocation, step_env
 from .watchdog import Watchdog
@@ -62,6 +62,10 @@ MAX_CELL_BYTES = 120_000
 #: what every rank runs: ``python -c`` this (:mod:`ipcmagic.rank`)
 RANK_PROGRAM = ["-c", Path(rank_side.__file__).read_text()]
 _PREFIX = re.compile(r"^(?:\[default(\d+)\]:|\s*(\d+): )")
+#: how a run is stopped: each signal to the launcher's process group, ``grace`` seconds apart
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+#: seconds srun has to report a rank's end that the rank did not announce; then its node is lost
+SRUN_WORD = 2.0
 #: slurmstepd's word on a cancelled step, labelled as a rank's line by srun --label
 _CANCELLED = re.compile(r"slurmstepd\S*: error: \*\*\* STEP \S+ .*CANCELLED")
 
@@ -73,6 +77,10 @@ class TorchrunError(RuntimeError):
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
+
+
+class NodeLost(TorchrunError):
+    """Ranks ended while srun saw no end of them: their node died or is cut off."""
 
 
 class TorchrunInterrupted(Interrupted):
@@ -205,9 +213,9 @@ def _failure(output: str, returncode: int, launcher: str) -> str:
     return describe(rank_exits(output), launcher) or f"{launcher} {by_returncode(returncode)}"
 
 
-def _stop(process: subprocess.Popen, grace: float) -> None:
+def _stop(process: subprocess.Popen, grace: float, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
     """SIGINT, then SIGTERM, then SIGKILL to the process group, each after ``grace`` seconds."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    for sig in signals:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -235,18 +243,50 @@ def timed_out_message(timeout: float) -> str:
     return f"stopped after the --timeout of {timeout:g} s"
 
 
-def _stream(lines: queue.Queue, output: list[str], deadline: float | None, timeout: float | None) -> None:
-    """Show lines until the end of output; TorchrunError once ``deadline`` passes."""
+def lost_node_message(lost: dict[int, str], reported: list[Ended]) -> str:
+    """What a run says whose ranks ended without srun seeing them end: their node is lost."""
+    nodes = sorted(set(lost.values()))
+    if len(nodes) == 1:
+        said = f"node {nodes[0]} lost: {ranks_named(sorted(lost))}"
+    else:
+        where = [f"{ranks_named([r for r in sorted(lost) if lost[r] == node])} on {node}" for node in nodes]
+        said = f"nodes {', '.join(nodes)} lost: {' and '.join(where)}"
+    said += (
+        f" ended while srun saw no end of {'it' if len(lost) == 1 else 'them'} (the node is down or cut "
+        "off), so ipcmagic stopped the srun step"
+    )
+    return f"{said}; srun said: {describe(reported, 'srun')}" if reported else said
+
+
+def _stream(lines: queue.Queue, output: list[str], check: Callable[[], None]) -> None:
+    """Show lines until the end of output, calling ``check`` whenever none came for 0.1 s."""
     while True:
         try:
             line = lines.get(timeout=0.1)
         except queue.Empty:
-            if deadline and time.monotonic() > deadline:
-                raise TorchrunError(timed_out_message(timeout)) from None
+            check()
             continue
         if line is None:
             return
         _show(line, output)
+
+
+def _watch(
+    plan: TorchrunPlan, output: list[str], timeout: float | None, exchange: Exchange | None
+) -> Callable[[], None]:
+    """What :func:`_stream` checks: ``--timeout``, and in an srun run ranks whose node is lost."""
+    deadline = time.monotonic() + timeout if timeout else None
+
+    def check() -> None:
+        if deadline and time.monotonic() > deadline:
+            raise TorchrunError(timed_out_message(timeout))
+        if exchange and plan.launcher == "srun" and exchange.vanished:
+            reported = rank_exits("".join(line for line in output if line.startswith("srun: error:")))
+            lost = exchange.unheard({rank for end in reported for rank in end.ranks}, SRUN_WORD)
+            if lost:
+                raise NodeLost(lost_node_message(lost, reported))
+
+    return check
 
 
 def _is_rank_output(line: str) -> bool:
@@ -254,11 +294,20 @@ def _is_rank_output(line: str) -> bool:
     return bool(_PREFIX.match(line)) and not _CANCELLED.search(line)
 
 
-def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: float = 3.0) -> None:
+def run(
+    plan: TorchrunPlan,
+    *,
+    cwd: str,
+    timeout: float | None = None,
+    grace: float = 3.0,
+    exchange: Exchange | None = None,
+) -> None:
     """Run a plan in its own process group, streaming output live; raise TorchrunError on failure.
 
     On interrupt or timeout every rank is stopped (:func:`_stop`), and what the ranks print
-    while stopping is still shown; an interrupt ends in :class:`TorchrunInterrupted`.
+    while stopping is still shown; an interrupt ends in :class:`TorchrunInterrupted`. When a
+    rank's node is lost (``exchange`` knows), srun waits for it forever: it is killed at once,
+    and the step cancelled after.
     """
     process = subprocess.Popen(
         plan.argv,
@@ -276,9 +325,9 @@ def run(plan: TorchrunPlan, *, cwd: str, timeout: float | None = None, grace: fl
     reader.start()
     output: list[str] = []
     try:
-        _stream(lines, output, time.monotonic() + timeout if timeout else None, timeout)
+        _stream(lines, output, _watch(plan, output, timeout, exchange))
     except BaseException as e:
-        _stop(process, grace)
+        _stop(process, grace, (signal.SIGKILL,) if isinstance(e, NodeLost) else STOP_SIGNALS)
         reader.join()
         interrupted = isinstance(e, KeyboardInterrupt)
         while (line := lines.get()) is not None:
@@ -324,7 +373,10 @@ class Torchrun(LoggingConfigurable):
         the list of the ranks' values, by rank."""
         if is_file and (push or pull):
             raise UsageError("--push and --pull work with %%torchrun cells, not with script files.")
-        program, env = ([code_or_path, *args], {}) if is_file else cell_program(code_or_path, args)
+        if is_file:  # through rank.py too: the kernel hears how each rank ends
+            program, env = [*RANK_PROGRAM, code_or_path, *args], {}
+        else:
+            program, env = cell_program(code_or_path, args)
         offer = _offer({"push": push or {}, "pull": list(pull)}, "--push") if push or pull else None
         results = self._run(program, env, offer, **options)
         return pulled(results, list(pull)) if pull else {}
@@ -377,7 +429,8 @@ class Torchrun(LoggingConfigurable):
         # stops the ranks (and their children) and removes the directory if the kernel dies
         watchdog = Watchdog(f"{MARKER_VAR}={token}", directory, allocation and allocation.job_id, name)
         nodes = allocation.nodes[:nnodes] if launcher == "srun" else ()
-        exchange = Exchange(offer, address_for(nodes)) if offer is not None else None
+        # an srun run always has one: through it the kernel notices a rank whose node is lost
+        exchange = Exchange(offer or b"", address_for(nodes)) if offer or launcher == "srun" else None
         env = {**os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
         python = python or self.python
         try:
@@ -399,7 +452,7 @@ class Torchrun(LoggingConfigurable):
             else:
                 plan = plan_standalone(python, nproc, program, os.path.join(directory, "logs"), env)
             try:
-                run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace)
+                run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace, exchange=exchange)
             except TorchrunError as failed:
                 failed.results = _by_rank(exchange, plan.ranks)
                 raise

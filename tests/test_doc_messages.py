@@ -15,13 +15,14 @@ from IPython.core.error import UsageError
 
 from ipcmagic import bounded, cluster, losses, torchrun
 from ipcmagic.cluster import EnginePlan, plan_engines, require_command
+from ipcmagic.exits import Ended
 from ipcmagic.gpus import gpu_sets
 from ipcmagic.slurm import Allocation
 from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _QUOTE = re.compile(
-    r"`((?:UsageError|ClusterError|TorchrunError|RankError|ParallelTimeout|EnginesLost|KeyboardInterrupt|ipcmagic)"
+    r"`((?:UsageError|ClusterError|TorchrunError|NodeLost|RankError|ParallelTimeout|EnginesLost|KeyboardInterrupt|ipcmagic)"
     r": [^`]+)`"
 )
 _HEADING = re.compile(r"^\*\*`([^`]+)`\.\*\*", re.M)  # troubleshooting: **`message`.** what to do
@@ -84,6 +85,8 @@ def messages(monkeypatch) -> dict[str, str]:
         "torchrun interrupted": f"KeyboardInterrupt: {torchrun.interrupted_message(2)}",
         "rank raised": f"RankError: {torchrun.RankError(1, 'ValueError: boom', '')}",
         "torchrun timeout": f"TorchrunError: {torchrun.timed_out_message(30)}",
+        "torchrun node lost": "NodeLost: "
+        + torchrun.lost_node_message({2: "nid002", 3: "nid002"}, [Ended((0,), "exited with code 1")]),
         "lost engine": f"ipcmagic: {losses.lost_engines_message(step, 'srun')}",
         "engines lost": f"EnginesLost: {losses.lost_engines_message(step, 'srun')}",
         "node lost": f"ipcmagic: {losses.describe_loss(node_lost(), 'srun')}.",
@@ -108,6 +111,8 @@ CASES = {
     "KeyboardInterrupt: %%torchrun interrupted; 2 ranks stopped": "torchrun interrupted",
     "RankError: rank 1 raised ValueError: ...": "rank raised",
     "TorchrunError: stopped after the --timeout of S s": "torchrun timeout",
+    "NodeLost: node nid002 lost: ranks 2, 3 ended while srun saw no end of them (the node is down or cut "
+    "off), so ipcmagic stopped the srun step; srun said: rank 0 exited with code 1": "torchrun node lost",
     "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; srun then stopped the others: "
     "engine 0 (MPI rank 0, pid 4241 on nid001), engine 2 (MPI rank 2, pid 4243 on nid001) with SIGKILL. "
     "%ipcluster restart starts all engines anew.": "lost engine",

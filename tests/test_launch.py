@@ -176,11 +176,11 @@ def exactly(sock, size):
     while len(data) < size and (chunk := sock.recv(size - len(data))):
         data += chunk
     return data
-for op in (b"get 0", b"put 0"):
+for rank in (b"0 n1", b"1 n2"):  # wants the offer; would put a result and an exit status
     with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
         sock.settimeout(10)
         exactly(sock, length.size + 32)  # the kernel's nonce, framed
-        for part in (op, b"n" * 32, b"p" * 32, b"stolen"):
+        for part in (rank, b"n" * 32, b"p" * 32, b"put", b"stolen", b"exit", b"0"):
             send(sock, part)
         try:
             answer = sock.recv(4096)
@@ -191,7 +191,8 @@ for op in (b"get 0", b"put 0"):
 
 
 def test_the_exchange_refuses_anyone_without_the_runs_key(ip):
-    """Another user on the node (nobody) can neither read the offer nor put a result."""
+    """Another user on the node (nobody) can neither read the offer nor put a result, nor pass
+    for a rank."""
     with Exchange(b"the notebook's data", LOOPBACK) as exchange:
         port = exchange.env["IPCMAGIC_EXCHANGE"].rsplit(":", 1)[1]
         out = subprocess.run(
@@ -201,7 +202,7 @@ def test_the_exchange_refuses_anyone_without_the_runs_key(ip):
             timeout=60,
         )
         assert out.stdout.splitlines() == ["refused", "refused"], out.stderr
-    assert exchange.results == {} and exchange.refused == 2
+    assert exchange.results == exchange.nodes == exchange.exits == {} and exchange.refused == 2
 
 
 @pytest.mark.parametrize("end", ["timeout", "interrupt"])

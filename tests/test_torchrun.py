@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from ipcmagic.torchrun import (
     plan_standalone,
     pop_distributed_env,
 )
+from tests.conftest import run_in_job
 
 ALLREDUCE = """
 import torch, torch.distributed as dist
@@ -232,13 +234,47 @@ def test_interrupt_reaches_and_stops_every_rank(ip, in_allocation, torch_install
     assert launcher_lines == [] and "CANCELLED" not in out, out
 
 
-def test_line_form_runs_a_script_file(ip, outside_slurm, torch_installed, capsys, tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text("import os, sys\nprint('args', sys.argv[1:], 'world', os.environ['WORLD_SIZE'])\n")
-    ip.run_line_magic("torchrun", f"-n 2 {script} --epochs 3")
+SCRIPT = """# -*- coding: latin-1 -*-
+import os, pickle, sys
+class Model:
+    pass
+print("argv", sys.argv, "world", os.environ["WORLD_SIZE"], __name__, __file__ == sys.argv[0], flush=True)
+print("path", sys.path[0], "pickled", pickle.loads(pickle.dumps(Model())).__class__.__name__, "é")
+if os.environ["RANK"] == "1":
+    1 / 0
+"""
+
+
+@pytest.mark.parametrize("launcher", ["standalone", "srun"])
+def test_line_form_runs_a_script_file_as_python_would(ip, in_allocation, torch_installed, capsys, launcher):
+    """sys.argv, __file__, sys.path[0], its coding line, pickling its classes, its tracebacks."""
+    shared = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="ipcmagic-script-"))
+    script = shared / "train.py"
+    script.write_bytes(SCRIPT.encode("latin-1"))
+    try:
+        with pytest.raises(TorchrunError, match="rank 1 exited with code 1"):
+            ip.run_line_magic("torchrun", f"-n 2 --launcher {launcher} {script} --epochs 3")
+        assert script.exists(), "a user's script is never removed"
+    finally:
+        shutil.rmtree(shared)
     out = capsys.readouterr().out
-    assert "[0] args ['--epochs', '3'] world 2" in out and "[1] args" in out
-    assert script.exists(), "a user's script is never removed"
+    assert f"[0] argv ['{script}', '--epochs', '3'] world 2 __main__ True" in out
+    assert f"[1] path {shared} pickled Model \xe9" in out
+    traceback = [line[4:] for line in out.splitlines() if line.startswith("[1] ") and "path" not in line]
+    assert traceback[-4:] == [
+        f'  File "{script}", line 8, in <module>',
+        "    1 / 0",
+        "    ~~^~~",
+        "ZeroDivisionError: division by zero",
+    ]
+    assert traceback[-5] == "Traceback (most recent call last):", "no frame of ipcmagic's"
+
+
+def test_a_rank_leaving_by_os_exit_is_no_lost_node(ip, in_allocation, torch_installed, capsys):
+    """A rank that ends by ``os._exit(0)`` still tells the kernel, so its silence is no node loss."""
+    code = "import os, time\nif os.environ['RANK'] == '1':\n    os._exit(0)\ntime.sleep(4)\nprint('done')"
+    ip.run_cell_magic("torchrun", "-n 2 --launcher srun", code)
+    assert "[0] done" in capsys.readouterr().out
 
 
 def test_cell_reaches_the_ranks_without_a_file(ip, outside_slurm, torch_installed, capsys):
@@ -303,3 +339,77 @@ def test_a_cell_that_forgets_destroy_process_group_ends_cleanly(ip, in_allocatio
     forgetful = ALLREDUCE.replace("dist.destroy_process_group()\n", "")
     for _ in range(4):
         ip.run_cell_magic("torchrun", f"-n 2 --launcher {launcher}", forgetful)
+
+
+#: in a job of the 2-node lab, the kernel on n1: a run over both nodes, 2 ranks each; once the
+#: ranks run, n2's share of the step dies at once (its slurmstepd, its ranks and their children),
+#: as in a node failure
+LOSE_A_NODE_IN_A_RUN = """
+import json, sys, time
+import psutil
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+def on_n2(process):
+    env = process.info["environ"] or {}
+    return env.get("SLURMD_NODENAME") == "n2" and "IPCMAGIC_TORCHRUN" in env and "RANK" in env
+died = []
+def node_dies():
+    while len(ranks := [p for p in psutil.process_iter(["environ"]) if on_n2(p)]) < 2:
+        time.sleep(0.2)
+    time.sleep(3)  # the ranks are in their loop
+    share = [*{r.parent() for r in ranks}, *ranks, *(c for r in ranks for c in r.children(recursive=True))]
+    died.append(time.time())
+    for process in share:
+        process.kill()
+import threading
+threading.Thread(target=node_dies, daemon=True).start()
+line, cell = sys.argv[1], sys.argv[2] or None
+try:
+    ip.run_cell_magic("torchrun", line, cell) if cell else ip.run_line_magic("torchrun", line)
+    failed, said = None, ""
+except Exception as e:
+    failed, said = type(e).__name__, str(e)
+print(json.dumps({"failed": failed, "said": said, "after": time.time() - died[0]}))
+"""
+#: ranks busy in collectives (gloo notices the lost peers at once)
+COLLECTIVES = """
+import time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+while True:
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    time.sleep(0.05)
+"""
+#: ranks that wait without talking to each other (as ranks in NCCL collectives wait for minutes)
+IDLE = "import time\ntime.sleep(300)\n"
+LOST_N2 = (
+    "node n2 lost: ranks 2, 3 ended while srun saw no end of them (the node is down or cut off), so "
+    "ipcmagic stopped the srun step"
+)
+
+
+@pytest.mark.parametrize("form", ["cell in collectives", "idle script"])
+def test_a_node_lost_mid_run_fails_it_naming_the_node(two_nodes, torch_installed, nothing_left, form):
+    """Issue 16: srun waits forever for the ranks of a node that died (it hears nothing from its
+    slurmstepd); the run fails within seconds naming the node, and nothing is left on n1."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as shared:  # both nodes see /var/tmp
+        line, cell = "--nnodes 2 -n 2", COLLECTIVES
+        if form == "idle script":
+            script = Path(shared, "wait.py")
+            script.write_text(IDLE)
+            line, cell = f"{line} {script}", ""
+        out = run_in_job(
+            ["-N", "2", "--ntasks-per-node=2", "-J", "ipcmagic-node-loss"],
+            ["-N", "1", "-n", "1"],
+            LOSE_A_NODE_IN_A_RUN,
+            two_nodes,
+            line,
+            cell,
+        )
+    seen = json.loads(out.splitlines()[-1])
+    assert seen["failed"] == "NodeLost"
+    assert seen["said"].startswith(LOST_N2), seen["said"]
+    if form == "idle script":
+        assert seen["said"] == LOST_N2, "no rank on n1 failed"
+    assert seen["after"] <= 30, f"the run failed {seen['after']:.1f} s after the node"
