@@ -24,7 +24,7 @@ from traitlets import CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
-from .losses import Follower, guard_targets, process_alive, tell_controller
+from .losses import Follower, guard_targets, on_this_node, process_alive, tell_controller
 from .slurm import Allocation
 from .status import ClusterStatus
 from .watchdog import Watchdog
@@ -362,11 +362,11 @@ class IPCluster(LoggingConfigurable):
         controller_ip = self._controller_ip(plan, allocation)
         # engines on this node can read the connection file, so they start together with the
         # controller and wait for it; engines elsewhere get the connection info once it exists
-        on_this_node = controller_ip == LOOPBACK
+        all_here = controller_ip == LOOPBACK
         engine_args = [*plan.traits.get("engine_args", []), *self._engine_args(timeout)]
         traits = {**plan.traits, "engine_args": engine_args}
         if plan.launcher != "local":
-            traits["profile_dir_env"] = on_this_node
+            traits["profile_dir_env"] = all_here
         config.merge(Config({plan.launcher_class.__name__: traits}))
         self.dask_security = self._dask_security(config) if plan.dask else None
         self.cluster = Cluster(
@@ -378,7 +378,7 @@ class IPCluster(LoggingConfigurable):
             profile_dir=tempfile.mkdtemp(prefix="ipcmagic-"),
             controller_ip=controller_ip,
             controller_args=self._controller_args(),
-            send_engines_connection_env=not on_this_node,
+            send_engines_connection_env=not all_here,
             engine_timeout=timeout,
             delay=0,
             shutdown_atexit=False,
@@ -592,7 +592,11 @@ class IPCluster(LoggingConfigurable):
             reply.get()
         self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
         self.follower = Follower(self.roster, self.connection_file, self.step)
-        self.follower.follow(self._engine_launchers(), self.client)
+        launchers = self._engine_launchers()
+        self.follower.follow(launchers, self.client)
+        for launcher in launchers if self.plan.launcher == "srun" else ():  # how a stop reaches them
+            launcher.step_id = rows[0]["step"] or ""
+            launcher.pids_here = [row["pid"] for row in rows if on_this_node(row)]
 
     @property
     def step(self) -> str | None:

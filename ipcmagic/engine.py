@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -129,10 +130,15 @@ class Engine(app.IPEngine):
         """SIGTERM (a stop): end as a script would end (exit handlers run, output flushed), then
         by the signal itself, without the graceful kernel shutdown and interpreter teardown that
         ipyparallel does here: N engines stopping at once would share the node's cores for it.
-        The forked nanny goes first: on a stop it has nothing to tell the controller."""
+        The forked nanny goes first: on a stop it has nothing to tell the controller. The exit
+        handlers run over a frozen heap: IPython's (a namespace reset) collects garbage across
+        every object of the engine, 14 ms of CPU each, which 256 engines would share 2 cores for;
+        the user's objects are still freed with the namespace, only cycles wait for the exit."""
+        signal.signal(sig, signal.SIG_IGN)  # a stop may send it twice: here, and through Slurm
         if self.forked_nanny:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.forked_nanny.pid, signal.SIGKILL)
+        gc.freeze()
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -8,14 +8,17 @@ srun and mpirun are registered under the ``ipyparallel.engine_launchers`` entry 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
 from ipyparallel.cluster import launcher
-from traitlets import Bool, HasTraits, Integer, List, Unicode, default
+from traitlets import Bool, Float, HasTraits, Integer, List, Unicode, default
 
 from .slurm import BLOCK, as_allocation, env_prefix
+from .watchdog import scancel
 
 
 def step_name(cluster_id: str) -> str:
@@ -98,6 +101,38 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         # srun ends its step within 0.2 s of SIGTERM; one that does not (slurmctld down) gets
         # SIGKILL after 1 s instead of ipyparallel's 5 s, and the watchdog does the rest
         return 1
+
+    exit_grace = Float(
+        5.0,
+        config=True,
+        help="Seconds the engines have at a stop to run their exit handlers, before the step is killed.",
+    )
+    # what ipcmagic's IPCluster learns from the engines once they registered, for a stop to reach
+    # them; without it (a failed start, ipyparallel.Cluster used directly) srun's SIGKILL it is
+    step_id = Unicode("", help="JOBID.STEPID of the step, once the engines said it.")
+    pids_here = List(Integer(), help="The pids of the engines on this node, once they said them.")
+
+    async def stop(self) -> None:
+        """SIGTERM to the engines, then ipyparallel's stop of srun once they are gone.
+
+        srun answers SIGTERM by killing its step with SIGKILL (measured: ``tasks 0-1: Killed``), so
+        engines stopped through srun alone would end without their exit handlers: files that an
+        engine writes unflushed, ``MPI.Finalize``, the user's ``atexit`` functions.
+        """
+        if self.state == "running" and self._signal_engines():
+            with contextlib.suppress(TimeoutError):
+                await self.join(timeout=self.exit_grace)
+        await super().stop()
+
+    def _signal_engines(self) -> bool:
+        """SIGTERM to every engine, those on this node at once, the others through Slurm (which
+        may not answer); whether all of them got it."""
+        for pid in self.pids_here:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if len(self.pids_here) == self.n:
+            return True
+        return bool(self.step_id) and scancel("--signal=TERM", self.step_id, timeout=2)
 
     def find_args(self) -> list[str]:
         options = ["-n", str(self.n), f"--cpus-per-task={self.cpus_per_engine}"]

@@ -130,7 +130,7 @@ class Follower:
             event.get("event") == "unregister"
             and self.step
             and i in self.roster
-            and not _here(self.roster[i])
+            and not on_this_node(self.roster[i])
         ):
             self.let_go.add(i)
             threading.Timer(LAUNCHER_WORD, self.stop_lost_step).start()
@@ -198,7 +198,7 @@ class Follower:
         """The engines known to be dead before the controller's heartbeats tell: those whose
         launcher reported their end, and those whose process on this node is gone."""
         return set(self.fates) | {
-            i for i, row in self.roster.items() if _here(row) and not process_alive(row["pid"])
+            i for i, row in self.roster.items() if on_this_node(row) and not process_alive(row["pid"])
         }
 
     def rows(self, lost: set[int]) -> list[dict[str, Any]]:
@@ -212,7 +212,7 @@ class Follower:
 
     def _unreported(self, row: dict[str, Any]) -> str:
         """How an engine ended that its launcher did not (yet) report."""
-        if not _here(row):
+        if not on_this_node(row):
             return LOST_ELSEWHERE
         if process_alive(row["pid"]):
             return UNHEARD
@@ -228,7 +228,8 @@ def output_so_far(launcher: Any) -> str:
         return launcher.get_output()
 
 
-def _here(row: dict[str, Any]) -> bool:
+def on_this_node(row: dict[str, Any]) -> bool:
+    """Whether the engine of ``row`` runs on this node."""
     return row["host"] == socket.gethostname()
 
 

@@ -111,6 +111,14 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+def scancel(*args: str, timeout: float = SLURM_TIMEOUT) -> bool:
+    """``scancel args``; whether Slurm answered yes."""
+    try:
+        return subprocess.run(["scancel", *args], stderr=subprocess.DEVNULL, timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def _cancel_steps(job_id: str, name: str, timeout: float = SLURM_TIMEOUT) -> bool:
     """Cancel the job's steps called ``name``; whether Slurm answered (the processes on this host
     are signalled anyway)."""
@@ -121,13 +129,12 @@ def _cancel_steps(job_id: str, name: str, timeout: float = SLURM_TIMEOUT) -> boo
             text=True,
             timeout=timeout,
         )
-        steps = [line.split()[0] for line in listed.stdout.splitlines() if line.split()[1:] == [name]]
-        if listed.returncode or not steps:
-            return listed.returncode == 0
-        cancel = subprocess.run(["scancel", *steps], stderr=subprocess.DEVNULL, timeout=timeout)
-        return cancel.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+    steps = [line.split()[0] for line in listed.stdout.splitlines() if line.split()[1:] == [name]]
+    if listed.returncode or not steps:
+        return listed.returncode == 0
+    return scancel(*steps, timeout=timeout)
 
 
 def clean_up(

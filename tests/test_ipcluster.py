@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -252,6 +253,34 @@ def test_engines_fork_their_nanny_or_none(ip, outside_slurm, nanny):
     if nanny:  # its own session: a signal to the engine's process group passes it by
         assert os.getsid(nannies[0].pid) == nannies[0].pid != os.getsid(engine.pid)
     ip.run_line_magic("ipcluster", "stop")
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpirun", "local"])
+def test_a_stop_lets_the_engines_run_their_exit_handlers(ip, request, launcher):
+    """Files an engine writes are flushed, the user's atexit functions run. srun alone would not
+    let them: it answers the stop's SIGTERM by killing its step with SIGKILL."""
+    request.getfixturevalue("in_allocation" if launcher == "srun" else "outside_slurm")
+    if launcher == "mpirun":
+        request.getfixturevalue("mpirun")
+    extra = " --launcher-args=--oversubscribe" if launcher == "mpirun" else ""
+    ip.run_line_magic("ipcluster", f"start -n 2 --launcher {launcher}{extra}")
+    ip.run_cell_magic(
+        "px",
+        "",
+        "import atexit, os, tempfile\n"
+        "log = tempfile.NamedTemporaryFile('w', dir='/var/tmp', prefix='ipcmagic-exit-', delete=False)\n"
+        "log.write('unflushed')\n"
+        "atexit.register(lambda: open(log.name + '.atexit', 'w').close())",
+    )
+    logs = ipcmagic.client()[:]["log.name"]
+    ip.run_line_magic("ipcluster", "stop")
+    try:
+        assert [Path(name).read_text() for name in logs] == ["unflushed"] * 2
+        assert all(Path(f"{name}.atexit").exists() for name in logs)
+    finally:
+        for name in logs:
+            Path(name).unlink(missing_ok=True)
+            Path(f"{name}.atexit").unlink(missing_ok=True)
 
 
 STOCK_DEBUGGER = "import sys, ipyparallel.engine.app; print('ipykernel.debugger' in sys.modules)"
