@@ -525,6 +525,9 @@ class IPCluster(LoggingConfigurable):
                 from .magics import deactivate_px
 
                 deactivate_px(get_ipython(), client)
+        for engines in cluster.engines.values():
+            if hasattr(engines, "end_engines"):  # srun's: they end while the controller stops
+                engines.end_engines()
         try:
             cluster.stop_cluster_sync()
         finally:

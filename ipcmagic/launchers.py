@@ -112,6 +112,14 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
     step_id = Unicode("", help="JOBID.STEPID of the step, once the engines said it.")
     pids_here = List(Integer(), help="The pids of the engines on this node, once they said them.")
 
+    _ending: bool | None = None  # whether the engines got SIGTERM for a stop; None: not yet sent
+
+    def end_engines(self) -> None:
+        """SIGTERM to the engines, once; ipcmagic sends it first at a stop, since ipyparallel
+        stops the controller before the engines (its launchers' ``join`` blocks the event loop)."""
+        if self._ending is None:
+            self._ending = self.state == "running" and self._signal_engines()
+
     async def stop(self) -> None:
         """SIGTERM to the engines, then ipyparallel's stop of srun once they are gone.
 
@@ -119,7 +127,8 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
         engines stopped through srun alone would end without their exit handlers: files that an
         engine writes unflushed, ``MPI.Finalize``, the user's ``atexit`` functions.
         """
-        if self.state == "running" and self._signal_engines():
+        self.end_engines()
+        if self._ending:
             with contextlib.suppress(TimeoutError):
                 await self.join(timeout=self.exit_grace)
         await super().stop()
