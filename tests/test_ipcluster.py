@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from IPython.core.error import UsageError
 import ipcmagic
 from ipcmagic.cluster import ClusterError
 from ipcmagic.status import cpu_ranges
-from tests.conftest import our_processes
+from tests.conftest import our_processes, run_in_job
 
 
 def ranks(rc) -> list[int]:
@@ -281,6 +282,33 @@ def test_a_stop_lets_the_engines_run_their_exit_handlers(ip, request, launcher):
         for name in logs:
             Path(name).unlink(missing_ok=True)
             Path(f"{name}.atexit").unlink(missing_ok=True)
+
+
+#: in a job of the 2-node lab: 4 engines, 2 on each node, each leaves a file from an exit handler
+EXIT_HANDLERS_ON_TWO_NODES = """
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+ip.run_line_magic("ipcluster", "start -n 4")
+leave = f"open(f'{sys.argv[1]}/{{socket.gethostname()}}-{{os.getpid()}}', 'w').close()"
+ip.run_cell_magic("px", "", f"import atexit, os, socket\\natexit.register(lambda: {leave})")
+ip.run_line_magic("ipcluster", "stop")
+"""
+
+
+def test_a_stop_reaches_the_exit_handlers_on_other_nodes(two_nodes, nothing_left):
+    """Engines elsewhere get their SIGTERM through Slurm (scancel --signal=TERM)."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as shared:  # both nodes see /var/tmp
+        run_in_job(
+            ["-N", "2", "--ntasks-per-node=2"],
+            ["-N", "1", "-n", "1"],
+            EXIT_HANDLERS_ON_TWO_NODES,
+            two_nodes,
+            shared,
+        )
+        left = sorted(name.split("-")[0] for name in os.listdir(shared))
+    assert left == ["n1", "n1", "n2", "n2"]
 
 
 STOCK_DEBUGGER = "import sys, ipyparallel.engine.app; print('ipykernel.debugger' in sys.modules)"
