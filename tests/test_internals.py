@@ -33,6 +33,13 @@ nanny.start_nanny = app.start_nanny = start_nanny
 import time, types, ipyparallel.controller.app as app
 app.time = types.SimpleNamespace(**vars(time))  # the module no longer holds time itself
 """,
+    "controller stop": """
+import ipyparallel.controller.app as app
+original = app.IPController.handle_signal
+def handle_signal(self, signum, frame):  # another signature, the same work
+    return original(self, signum, frame)
+app.IPController.handle_signal = handle_signal
+""",
     "replies": """
 import ipyparallel.serialize as package, ipyparallel.serialize.serialize as serialize
 original = serialize.serialize_object
@@ -68,6 +75,7 @@ def assert_px_works(ip, start: str = "start -n 2 --launcher local") -> None:
 SAID = {
     "nanny": "ipyparallel.engine.nanny: the nanny is started differently than ipcmagic forks it",
     "controller time": "ipyparallel.controller.app.time: the module holds no time",
+    "controller stop": "IPController.handle_signal: signals are handled differently than ipcmagic expects",
     "replies": "ipyparallel's PrePickled: it is no longer sent as it is",
     # with ipykernel 6.9, ipyparallel imports it (and debugpy) first: the fallback says so
     "debugger": "ipykernel.debugger without debugpy: ",
