@@ -111,15 +111,11 @@ class Exchange:
         send(sock, self.offer)
         return int(rank)
 
-    def unheard(self, reported: set[int], after: float) -> dict[int, str]:
-        """Ranks whose connection closed without an exit status at least ``after`` seconds ago
-        and whose end the launcher did not report (``reported``): rank -> node."""
+    def unheard(self, after: float) -> dict[int, str]:
+        """Ranks whose connection closed without an exit status at least ``after`` seconds ago:
+        rank -> node."""
         now = time.monotonic()
-        return {
-            rank: self.nodes[rank]
-            for rank, when in list(self.vanished.items())
-            if now - when >= after and rank not in reported
-        }
+        return {rank: self.nodes[rank] for rank, when in list(self.vanished.items()) if now - when >= after}
 
     def close(self) -> None:
         """Stop listening, end the connections still open, wait for their threads."""

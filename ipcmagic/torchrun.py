@@ -280,9 +280,11 @@ def _watch(
     def check() -> None:
         if deadline and time.monotonic() > deadline:
             raise TorchrunError(timed_out_message(timeout))
-        if exchange and plan.launcher == "srun" and exchange.vanished:
+        unheard = exchange.unheard(SRUN_WORD) if exchange and plan.launcher == "srun" else {}
+        if unheard:  # srun's reports are read only then
             reported = rank_exits("".join(line for line in output if line.startswith("srun: error:")))
-            lost = exchange.unheard({rank for end in reported for rank in end.ranks}, SRUN_WORD)
+            said = {rank for end in reported for rank in end.ranks}
+            lost = {rank: node for rank, node in unheard.items() if rank not in said}
             if lost:
                 raise NodeLost(lost_node_message(lost, reported))
 
