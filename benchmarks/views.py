@@ -1,9 +1,10 @@
 """Data to many engines: the view ``%px`` uses against ipyparallel's DirectView (``rc[:]``) and
 BroadcastView, each doing what users do with them, on the same cluster, interleaved.
 
-    .venv/bin/python benchmarks/views.py [--sizes 4 16 64] [--repeat 20] [--mib 8]
+    .venv/bin/python benchmarks/views.py [--sizes 4 16 64] [--repeat 20] [--mib 8] [--executes 3000]
 Local engines (what a view does is the same for every launcher). Prints medians (min-max) in
-milliseconds per operation and view, and issue 16's goals as met / not met.
+milliseconds per operation and view, and issue 16's goals as met / not met; at the first size, what
+--executes blocking executes (and a blocking push per 3) leave in the kernel per view (issue 29).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
+import psutil
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipcmagic.cluster import IPCluster
@@ -51,6 +53,27 @@ def operations(shell: InteractiveShell, mib: int) -> dict[str, tuple[Callable[[o
     }
 
 
+def held(client) -> tuple[int, int, int]:
+    """The kernel's RSS, the client's cached results and its outstanding messages."""
+    return psutil.Process().memory_info().rss, len(client.results), len(client.outstanding)
+
+
+def growth(kinds: dict[str, object], executes: int) -> str:
+    """What ``executes`` executes (and a push per 3) on each view, in turn, add to the kernel's RSS,
+    the client's results and its outstanding messages."""
+    rows = []
+    # BroadcastView last: what it leaves behind would weigh on the views after it
+    for name, view in sorted(kinds.items(), key=lambda kind: kind[0] == "BroadcastView"):
+        before = held(view.client)
+        for i in range(executes):
+            view.execute("y = 1", block=True)
+            if i % 3 == 0:
+                view.push({"y": i}, block=True)
+        rss, results, outstanding = (now - then for now, then in zip(held(view.client), before, strict=True))
+        rows.append(f"{name}: RSS {rss / 2**20:+.0f} MiB, {results:+} results, {outstanding:+} outstanding")
+    return f"after {executes} executes and {executes // 3} pushes each: " + "; ".join(rows)
+
+
 def measure(fn: Callable[[], object]) -> float:
     tic = time.perf_counter()
     fn()
@@ -62,6 +85,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--mib", type=int, default=8)
+    parser.add_argument("--executes", type=int, default=3000)
     args = parser.parse_args()
     shell = InteractiveShell.instance()
     print(f"medians (min-max) in ms; %%px and apply: {args.repeat} runs, data: {max(1, args.repeat // 4)}")
@@ -82,6 +106,8 @@ def main() -> None:
                 row += f"{statistics.median(values):>9.1f} ({min(values):.1f}-{max(values):.1f})".rjust(26)
             print(f"{op:<12}" + row, flush=True)
         print(goals(n, results, args.mib))
+        if n == args.sizes[0] and args.executes:
+            print(growth(kinds, args.executes))
         cluster.stop()
 
 

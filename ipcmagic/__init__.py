@@ -46,8 +46,8 @@ def client() -> Any:
 
 
 def view() -> Any:
-    """The view ``%px`` runs on: all engines, each call one send that the controller fans out
-    (``push``, ``pull``, ``execute``, ``apply``); ``client()[:]`` sends a copy per engine."""
+    """The view ``%px`` runs on: ipyparallel's DirectView of all engines, whose blocking push is
+    sent once for the controller to fan out (``client()[:]`` sends a copy per engine)."""
     client()  # says when no cluster runs
     return _magics.cluster.view
 

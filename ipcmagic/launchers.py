@@ -13,10 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from ipyparallel.cluster import launcher
 from traitlets import Bool, Float, HasTraits, Integer, List, Unicode, default
 
+from .internals import fits
 from .slurm import BLOCK, as_allocation, env_prefix
 from .watchdog import scancel
 
@@ -26,7 +28,26 @@ def step_name(cluster_id: str) -> str:
     return f"ipcmagic-{cluster_id}"
 
 
-class LocalControllerLauncher(launcher.LocalControllerLauncher):
+class AnyBytesOutput:
+    """A process launcher whose output may hold any bytes: ipyparallel reads the output file as
+    strict UTF-8, so one Latin-1 byte a C library printed failed the stop callbacks that follow
+    (``%ipcluster restart`` and ``stop`` raised, a death went unnoticed); undecodable bytes read as
+    U+FFFD here. Reaches into ``LocalProcessLauncher._output``, where ipyparallel keeps its read."""
+
+    def get_output(self, remove: bool = False) -> str:
+        cached = getattr(self, "_output", False)
+        if fits("LocalProcessLauncher._output", cached is None or isinstance(cached, str), "it is gone"):
+            if cached is None and self.output_file:
+                with contextlib.suppress(FileNotFoundError):
+                    self._output = Path(self.output_file).read_text(errors="replace")
+        return super().get_output(remove=remove)
+
+
+class LocalEngineLauncher(AnyBytesOutput, launcher.LocalEngineLauncher):
+    """One local engine (of :class:`LocalEngineSetLauncher`)."""
+
+
+class LocalControllerLauncher(AnyBytesOutput, launcher.LocalControllerLauncher):
     """The controller on the kernel's node, as :mod:`ipcmagic.controller`."""
 
     @default("controller_cmd")
@@ -46,12 +67,14 @@ class LocalEngineSetLauncher(IpcmagicEngines, launcher.LocalEngineSetLauncher):
     """Engines as processes on the kernel's node, without the kernel's step identity (an MPI
     library in them must not join the kernel's step)."""
 
+    launcher_class = LocalEngineLauncher
+
     @default("engine_cmd")
     def _engine_cmd_default(self) -> list[str]:
         return [*env_prefix(os.environ), sys.executable, "-m", "ipcmagic.engine"]
 
 
-class AnyNodeEngineSetLauncher(IpcmagicEngines, launcher.MPIEngineSetLauncher):
+class AnyNodeEngineSetLauncher(AnyBytesOutput, IpcmagicEngines, launcher.MPIEngineSetLauncher):
     """Engines that may start on other nodes, where the kernel's private cluster directory (in
     the node-local ``/tmp``) does not exist: they get the connection info from
     ``$IPP_CONNECTION_INFO`` and use the user's default IPython profile, as ``ipengine`` does."""

@@ -1,43 +1,121 @@
-"""The view ``%px`` runs on: what is the same for every engine is sent once.
+"""The view ``%px`` runs on: ipyparallel's DirectView, whose blocking push to many engines is sent once.
 
-ipyparallel's DirectView (``client[:]``, what ``%px`` used) sends a copy of the code and data per
-engine from the kernel, through one socket: pushing 8 MiB to 64 engines sends 512 MiB. A
-BroadcastView sends it once to the controller, which hands it on to each engine.
+A DirectView (``client[:]``) sends a copy of the data per engine from the kernel, through one
+socket: pushing 8 MiB to 64 engines sends 512 MiB. The controller's broadcast scheduler takes it
+once and hands it on to each engine. Everything else is DirectView's own, so ``%px`` behaves as
+ipyparallel's ``%px`` does (ipyparallel's own magics and view tests are run against this view).
+
+A push is broadcast only where that is provably the same as DirectView's: blocking, untracked, to
+more than one engine, with nothing outstanding on those engines. The broadcast takes another path
+through the controller than a DirectView's messages, so nothing may be in flight on either side of
+it: nothing earlier (checked), nothing later (it is waited for; after an interrupt of that wait,
+this view's next call waits for it first). ipyparallel's BroadcastView itself is not used as a
+view: its results never leave the client's caches and ``rc.wait()`` waits forever on the message it
+sent (issue 29).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from ipyparallel.client.view import BroadcastView
+from ipyparallel.client.asyncresult import AsyncResult
+from ipyparallel.client.futures import multi_future
+from ipyparallel.client.view import BroadcastView, DirectView
 
 from .internals import fits
 
+#: the client's per-message caches, which ipyparallel empties when a DirectView's reply arrives
+CACHES = ("results", "_futures", "_output_futures", "metadata")
 
-class PxView(BroadcastView):
-    """A blocking BroadcastView for ``execute``, ``apply`` and ``push``; what differs per engine
-    (``scatter``, ``map``) goes as a DirectView sends it: a broadcast gains nothing there, and
-    BroadcastView's own ``map`` fails on a blocking view (``'list' object has no attribute 'owner'``)."""
 
-    def _direct(self) -> Any:
-        view = self.client.direct_view(self.targets)
-        view.block, view.track = self.block, self.track
-        return view
+class PxView(DirectView):
+    """A DirectView whose blocking push to several idle engines goes out once."""
 
-    def scatter(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct().scatter(*args, **kwargs)
+    _interrupted: AsyncResult | None = None
+
+    def push(
+        self, ns: dict, targets: Any = None, block: bool | None = None, track: bool | None = None
+    ) -> Any:
+        block = self.block if block is None else block
+        track = self.track if track is None else track
+        targets = self.targets if targets is None else targets
+        if isinstance(ns, dict) and block and not track and self._broadcasts_to(targets):
+            self._settle()
+            return self._broadcast_push(ns, targets)
+        return super().push(ns, targets=targets, block=block, track=track)
+
+    def _really_apply(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle()
+        return super()._really_apply(*args, **kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle()
+        return super().execute(*args, **kwargs)
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct().map(*args, **kwargs)
+        self._settle()
+        return super().map(*args, **kwargs)
+
+    def _broadcasts_to(self, targets: Any) -> bool:
+        """Whether ``targets`` are several engines with nothing outstanding, and the client has the
+        parts a broadcast push needs."""
+        client = self.client
+        if isinstance(targets, int) or not broadcast_fits(client):
+            return False
+        idents = client._build_targets(targets)[0]
+        pending = client._outstanding_dict
+        return len(idents) > 1 and not any(pending.get(i.decode()) for i in idents)
+
+    def _broadcast_push(self, ns: dict, targets: Any) -> Any:
+        """DirectView's blocking push, sent once; the client left as a DirectView's reply leaves it."""
+        client = self.client
+        sender = BroadcastView(client=client, socket=client._broadcast_stream, targets=targets)
+        result = sender.push(ns, block=False)
+        (envelope,) = sender.history  # the message sent; only its per-engine copies get replies
+        client.outstanding.discard(envelope)
+        forget(client, envelope)
+        if client.history and client.history[-1] == envelope:
+            client.history[-1:] = result.msg_ids
+        for msg_id in result.msg_ids:  # as ipyparallel's Client._send does for each message
+            replied = multi_future([client._futures[msg_id], client._output_futures[msg_id]])
+            replied.add_done_callback(partial(forget, client, msg_id))
+        self.history.extend(result.msg_ids)
+        self.outstanding.update(result.msg_ids)
+        try:
+            return result.get()
+        except KeyboardInterrupt:  # as DirectView: the push goes on, its AsyncResult is returned
+            self._interrupted = result
+            return result
+        finally:
+            self._sync_results()
+
+    def _settle(self) -> None:
+        """Wait for an interrupted broadcast, so that no later message overtakes it."""
+        if self._interrupted is not None:
+            self._interrupted.wait()
+            self._interrupted = None
 
 
-def px_view(client: Any) -> Any:
-    """A :class:`PxView` of every engine of ``client``; ipyparallel's DirectView if the client no
-    longer has the broadcast socket that :meth:`~ipyparallel.Client.broadcast_view` uses."""
+def forget(client: Any, msg_id: str, _: Any = None) -> None:
+    """Drop what the client caches of a message (its AsyncResult keeps what it needs)."""
+    for cache in CACHES:
+        getattr(client, cache).pop(msg_id, None)
+
+
+def broadcast_fits(client: Any) -> bool:
+    """Whether the client has the broadcast socket and the bookkeeping a broadcast push fixes up."""
     socket = getattr(client, "_broadcast_stream", None)
-    if fits("Client._broadcast_stream", socket is not None, "the client has no broadcast socket"):
-        view = PxView(client=client, socket=socket, targets=client.ids)
-    else:
-        view = client[:]
+    if not fits("Client._broadcast_stream", socket is not None, "the client has no broadcast socket"):
+        return False
+    parts = ("outstanding", "history", "_outstanding_dict", *CACHES)
+    return fits(
+        "Client caches", all(hasattr(client, name) for name in parts), f"the client lacks one of {parts}"
+    )
+
+
+def px_view(client: Any) -> PxView:
+    """A blocking :class:`PxView` of every engine of ``client``."""
+    view = PxView(client=client, socket=client._mux_stream, targets=client.ids)
     view.block = True
     return view

@@ -208,6 +208,28 @@ def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_s
     ip.run_line_magic("ipcluster", "stop")
 
 
+#: what a C or Fortran library may print: a byte that is no UTF-8
+LATIN_1 = "import os\n_ = os.write(1, 'Temp\\xe9rature\\n'.encode('latin-1'))"
+
+
+@pytest.mark.parametrize("launcher", ["srun", "local"])
+def test_any_bytes_an_engine_prints_break_nothing(ip, in_allocation, launcher):
+    """Before (issue 37): after one Latin-1 byte on an engine's stdout, restart and stop raised
+    UnicodeDecodeError, status showed dead engines as busy and a death was noticed after 11.2 s."""
+    ip.run_line_magic("ipcluster", f"start -n 3 --launcher {launcher}")
+    ip.run_cell_magic("px", "", LATIN_1)
+    ip.run_line_magic("ipcluster", "restart")
+    ip.run_cell_magic("px", "", LATIN_1)
+    cluster, client = ipcmagic._magics.cluster, ipcmagic.client()
+    os.kill(client[client.ids[1]].apply_sync(os.getpid), signal.SIGKILL)  # local: new ids
+    killed = time.monotonic()
+    while cluster.engines()[1]["state"] != "gone" and time.monotonic() - killed < 3 * FAILS_WITHIN:
+        time.sleep(0.05)
+    noticed = time.monotonic() - killed
+    assert noticed <= FAILS_WITHIN, f"the death was noticed after {noticed:.1f} s"
+    ip.run_line_magic("ipcluster", "stop")
+
+
 def test_status_shows_the_engines_of_an_ended_step_as_gone(ip, in_allocation):
     """SIGKILL of one srun engine ends the whole step (PMIx); status showed the others as busy."""
     ip.run_line_magic("ipcluster", "start -n 3")

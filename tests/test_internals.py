@@ -140,7 +140,7 @@ def test_a_client_whose_init_changed(ip, outside_slurm, monkeypatch):
 
 
 def test_a_client_without_the_broadcast_socket(ip, outside_slurm, monkeypatch, caplog):
-    """%px on ipyparallel's DirectView, as before ipcmagic.pxview."""
+    """%px's view pushes as ipyparallel's DirectView does: one copy per engine."""
     original = ipp.Client.__init__
 
     def renamed(self, *args, **kwargs):  # a release that keeps the broadcast socket elsewhere
@@ -151,7 +151,8 @@ def test_a_client_without_the_broadcast_socket(ip, outside_slurm, monkeypatch, c
     monkeypatch.setattr(internals, "_said", set())
     with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
         assert_px_works(ip)
-    assert type(ipcmagic.view()) is ipp.DirectView
+        assert ipcmagic.view().push({"y": 2}) == [None, None]
+    assert ipcmagic.client()[:]["y"] == [2, 2]
     said = "Client._broadcast_stream: the client has no broadcast socket; the stock behaviour stays"
     assert said in caplog.text
     ip.run_line_magic("ipcluster", "stop")

@@ -1,17 +1,20 @@
-"""The view ``%px`` runs on sends code and data once, for the controller to fan out (issue 16):
-it must give what ipyparallel's DirectView (``rc[:]``) gives, results and errors alike."""
+"""The view ``%px`` runs on pushes data once, for the controller to fan out (issue 16): it must
+give what ipyparallel's DirectView (``rc[:]``) gives, results and errors alike, in order, leaving
+nothing behind in the client (issue 29; ipyparallel's own view and magics tests run against it in
+tests/ipyparallel_suite)."""
 
 from __future__ import annotations
 
 import re
 
+import ipyparallel as ipp
 import numpy as np
 import pytest
-from ipyparallel import BroadcastView
 from ipyparallel import interactive as on_engines  # the function's names are the engine's
 from ipyparallel.error import CompositeError
 
 import ipcmagic
+from ipcmagic.pxview import CACHES, PxView
 
 RANKS = "from mpi4py import MPI\nrank = MPI.COMM_WORLD.rank\nprint('rank', rank)"
 FAILS_ON_RANK_1 = "if rank == 1:\n    raise ZeroDivisionError(f'rank {rank} divided by zero')"
@@ -48,7 +51,7 @@ def views(ip, in_allocation):
     client = ipcmagic.client()
     direct, ours = client[:], ipcmagic.view()
     direct.block = True
-    assert isinstance(ours, BroadcastView) and ours.targets == direct.targets == [0, 1, 2]
+    assert isinstance(ours, PxView) and ours.targets == direct.targets == [0, 1, 2]
     yield direct, ours
     ip.run_line_magic("ipcluster", "stop")
 
@@ -95,3 +98,49 @@ def test_px_and_autopx_run_on_it(ip, views, capsys):
     ip.run_cell("z = rank + 100")
     ip.run_cell("%autopx")
     assert direct.pull("z") == [100, 101, 102] and "z" not in ip.user_ns
+
+
+def cached(client) -> dict[str, int]:
+    """How many messages the client holds in its caches and as outstanding."""
+    return {name: len(getattr(client, name)) for name in (*CACHES, "outstanding")}
+
+
+def test_nothing_waits_after_px(ip, views):
+    direct, ours = views
+    client = ours.client
+    ip.run_cell("%%px\ny = 1")
+    ours.push({"data": np.ones(1000)})
+    assert client.wait(timeout=3) and ours.wait(timeout=3) and not client.outstanding
+    assert client.wait() and ours.wait()  # no timeout: would hang on a message never answered
+
+
+def test_nothing_overtakes(views):
+    """What a user sends later arrives later, whichever way either message goes."""
+    direct, ours = views
+    wrong = []
+    for i in range(1000):
+        ours.push({"f": lambda x, i=i: x + i}, block=False)
+        if ours.map_sync(ipp.Reference("f"), range(6)) != [x + i for x in range(6)]:
+            wrong.append(f"{i}: map before push")
+        ours.push({"a": "old"}, block=False)
+        ours.scatter("a", list(range(6)), block=False)
+        if ours.pull("a") != [[0, 1], [2, 3], [4, 5]]:
+            wrong.append(f"{i}: scatter before push")
+        ours.execute("b = 'old'", block=False)
+        ours.push({"b": i})  # blocking: sent once only with nothing outstanding
+        if direct.pull("b") != [i] * 3:
+            wrong.append(f"{i}: push before execute")
+    assert not wrong
+
+
+def test_nothing_left_in_the_client(ip, views):
+    direct, ours = views
+    client = ours.client
+    ours.execute("y = 1")
+    before = cached(client)
+    for i in range(3000):
+        ours.execute("y = 1", block=True)
+        if i % 3 == 0:
+            ours.push({"y": i})
+    assert cached(client) == before
+    client.purge_everything()  # nothing outstanding that cannot be purged
