@@ -387,7 +387,7 @@ class IPCluster(LoggingConfigurable):
         self.watchdog = Watchdog(
             f"IPP_CLUSTER_ID={cluster_id}",
             self.cluster.profile_dir,
-            allocation.job_id if allocation else None,
+            allocation.job_id if allocation and plan.launcher == "srun" else None,  # its step to cancel
             step_name(cluster_id),
         )
         self.plan, self.started_at = plan, time.monotonic()

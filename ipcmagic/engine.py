@@ -9,7 +9,8 @@ modules, costs next to no CPU time, and gets its arguments when the engine has r
 
 The engine's kernel also skips ipykernel's debugger: it would import debugpy (a fifth of an
 engine's CPU time to start) for a debug channel that ipyparallel's engines do not have. And a stop
-(SIGTERM) ends the engine as a script ends, without ipyparallel's graceful kernel shutdown.
+(SIGTERM) ends the engine as a script ends, without ipyparallel's graceful kernel shutdown; so
+does ``exit()`` in a cell, which in ipyparallel leaves an engine that beats but runs nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from typing import IO, Any, NoReturn
 
@@ -126,6 +128,15 @@ class Engine(app.IPEngine):
             self.forked_nanny.cancel()
         super().init_engine()
 
+    def init_signal(self) -> None:
+        """Also: ``exit()`` in a cell ends the engine, which is then lost like any other. ipykernel
+        only stops the engine's loop (``shell.exit_now``), and the heartbeat thread keeps an engine
+        that runs nothing beating (ipcmagic's next ``%px`` waited for it forever)."""
+        super().init_signal()
+        shell = getattr(getattr(self, "kernel", None), "shell", None)
+        if fits("IPEngine.kernel.shell", shell is not None and shell.has_trait("exit_now"), "no shell yet"):
+            shell.observe(lambda change: change["new"] and exit_soon(), "exit_now")
+
     def quick_stop(self, sig: int, frame: Any) -> None:
         """SIGTERM (a stop): end as a script would end (exit handlers run, output flushed), then
         by the signal itself, without the graceful kernel shutdown and interpreter teardown that
@@ -138,12 +149,29 @@ class Engine(app.IPEngine):
         if self.forked_nanny:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.forked_nanny.pid, signal.SIGKILL)
-        gc.freeze()
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        run_exit_handlers()
         signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
+
+
+def exit_soon(delay: float = 0.5) -> None:
+    """End the engine once the cell's reply went out: with code 0, output flushed, without the exit
+    handlers (mpi4py's MPI_Finalize would wait for the other ranks)."""
+
+    def end() -> NoReturn:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Timer(delay, end).start()
+
+
+def run_exit_handlers() -> None:
+    """What a script does at its end: the exit handlers (over a frozen heap), output flushed."""
+    gc.freeze()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

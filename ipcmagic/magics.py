@@ -10,7 +10,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from . import __version__
@@ -31,11 +31,12 @@ def _positive_seconds(text: str) -> int:
 
 
 def _parse(magic, line: str):
-    """parse_argstring, with the quotes taken off every value as a shell would (IPython's split
-    keeps them: ``"a b"`` would reach a script as ``"a b"``, ``--launcher-args "-x -y"`` srun as
-    the one word ``-x -y``), and unbalanced quotes as a UsageError too."""
+    """IPython's parse_argstring, with the line split into words as a shell splits it, and the
+    quotes then taken off every value as a shell would. IPython's split keeps them (``"a b"`` would
+    reach a script as ``"a b"``) and fails on quotes inside a word (``--x="y z"``); the quotes stay
+    on while argparse reads the words, so that ``--launcher-args "-x -y"`` is a value, not options."""
     try:
-        args = parse_argstring(magic, _without_comment(line))
+        args = magic.parser.parse_args(_shell_words(line))
         for name, value in vars(args).items():
             if isinstance(value, str):
                 setattr(args, name, _unquote(value))
@@ -46,18 +47,28 @@ def _parse(magic, line: str):
         raise UsageError(f"Cannot parse {line!r}: {e}; check the quotes.") from None
 
 
-def _without_comment(line: str) -> str:
-    """``start -n 4   # four engines`` as ``start -n 4``: a ``#`` that begins a word outside quotes
-    starts a comment, as in a shell (IPython passes it on to the magic)."""
-    quote = None
-    for i, char in enumerate(line):
-        if quote:
-            quote = None if char == quote else quote
+def _shell_words(line: str) -> list[str]:
+    """``line`` split at blanks outside quotes, each word as written (quotes and backslashes kept);
+    a word that begins with ``#`` starts a comment, as in a shell (IPython passes it on)."""
+    words, word, quote, escaped = [], "", "", False
+    for char in line:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip()
-    return line
+        elif char.isspace():
+            words, word = [*words, word] if word else words, ""
+            continue
+        elif char == "#" and not word:
+            break
+        word += char
+    if quote:
+        raise ValueError("No closing quotation")
+    return [*words, word] if word else words
 
 
 def _names(text: str, option: str) -> list[str]:

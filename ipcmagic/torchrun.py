@@ -429,7 +429,8 @@ class Torchrun(LoggingConfigurable):
         token = os.path.basename(directory)
         name = f"ipcmagic-torchrun-{os.getpid()}"
         # stops the ranks (and their children) and removes the directory if the kernel dies
-        watchdog = Watchdog(f"{MARKER_VAR}={token}", directory, allocation and allocation.job_id, name)
+        job_id = allocation.job_id if allocation and launcher == "srun" else None  # its step to cancel
+        watchdog = Watchdog(f"{MARKER_VAR}={token}", directory, job_id, name)
         nodes = allocation.nodes[:nnodes] if launcher == "srun" else ()
         # an srun run always has one: through it the kernel notices a rank whose node is lost
         exchange = Exchange(offer or b"", address_for(nodes)) if offer or launcher == "srun" else None

@@ -21,7 +21,8 @@ first, instead of dying with the kernel and leaving them.
 
 A clean stop writes ``stop`` to the pipe first; the watchdog then exits doing nothing. When
 Slurm did not confirm within 2 s that the step is gone (slurmctld down or busy), the stop
-returns anyway and writes ``finish``: the watchdog then cancels the step once Slurm answers.
+returns anyway and writes ``finish``: the watchdog then cancels the step once Slurm answers
+(or gives up when the job ends, which ends the step). Only an srun cluster or run has a step.
 While it waits, it also ends the helper processes of a controller that died (they would keep
 answering the engines' heartbeat checks), so that the engines exit by themselves.
 """
@@ -29,6 +30,7 @@ answering the engines' heartbeat checks), so that the engines exit by themselves
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import select
@@ -212,10 +214,11 @@ def main() -> None:
         word = _wait(args.marker)
     except JobEnding:
         word, grace = b"", 1.0  # Slurm's KillWait (30 s by default) is the limit
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if word == b"finish":
-        _finish(args.job_id, args.step)
+        with contextlib.suppress(JobEnding):  # the job ends: Slurm ends the step itself
+            _finish(args.job_id, args.step)
     elif word != b"stop":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         clean_up(args.marker, args.directory, args.job_id, args.step, grace)
 
 

@@ -230,6 +230,26 @@ def test_any_bytes_an_engine_prints_break_nothing(ip, in_allocation, launcher):
     ip.run_line_magic("ipcluster", "stop")
 
 
+@pytest.mark.parametrize("launcher", ["srun", "local"])
+def test_exit_in_a_cell_ends_that_engine(ip, in_allocation, launcher):
+    """Before (issue 37, item 4): ``exit()`` left an engine that beat but ran nothing, and the next
+    ``%px`` hung forever."""
+    ip.run_line_magic("ipcluster", f"start -n 3 --launcher {launcher}")
+    cluster, client = ipcmagic._magics.cluster, ipcmagic.client()
+    assert ip.run_cell(f"%%px --targets {client.ids[1]}\nexit()").success
+    asked = time.monotonic()
+    while cluster.engines()[1]["state"] != "gone" and time.monotonic() - asked < 3 * FAILS_WITHIN:
+        time.sleep(0.05)
+    ended = time.monotonic() - asked
+    assert ended <= FAILS_WITHIN, f"the engine was seen to end after {ended:.1f} s"
+    with contextlib.redirect_stdout(io.StringIO()):
+        refused = ip.run_cell("%px x = 1").error_in_exec
+    assert isinstance(refused, EnginesLost) and "engine 1 (" in str(refused), refused
+    ip.run_line_magic("ipcluster", "restart")
+    assert_full_cluster(ip, 3)
+    ip.run_line_magic("ipcluster", "stop")
+
+
 def test_status_shows_the_engines_of_an_ended_step_as_gone(ip, in_allocation):
     """SIGKILL of one srun engine ends the whole step (PMIx); status showed the others as busy."""
     ip.run_line_magic("ipcluster", "start -n 3")

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import ipcmagic
@@ -91,6 +92,31 @@ def slurmctld_down():
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def watchdogs() -> list[str]:
+    running = (" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    return [cmdline for cmdline in running if "ipcmagic.watchdog" in cmdline]
+
+
+def test_what_runs_in_no_step_stops_without_asking_slurm(
+    ip, in_allocation, monkeypatch, capfd, torch_installed
+):
+    """Before (issue 30, item 7): with Slurm not answering (slurmctld down, or a container kernel
+    without Slurm's commands), a local cluster's stop and a standalone %%torchrun's end said Slurm had
+    not confirmed that the step ended (there is none) and left a watchdog retrying for an hour."""
+    monkeypatch.setenv("SLURM_JOB_CPUS_PER_NODE", "8")  # as in a batch job: planning asks no Slurm
+    capfd.readouterr()
+    with slurmctld_down():
+        tic = time.monotonic()
+        ip.run_line_magic("ipcluster", "start -n 2 --launcher local")
+        ip.run_line_magic("ipcluster", "stop")
+        ip.run_cell_magic("torchrun", "-n 2 --launcher standalone", "pass")
+        took = time.monotonic() - tic
+        said = capfd.readouterr().err
+        left = watchdogs()
+    assert "Slurm did not answer" not in said and not left, (said, left)
+    assert took < 60, f"start, stop and a run took {took:.1f} s"
 
 
 def test_stop_and_a_failed_start_are_bounded_with_slurmctld_down(ip, in_allocation, monkeypatch, capfd):

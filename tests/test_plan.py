@@ -71,6 +71,18 @@ def test_magic_lines_are_split_as_a_shell_would():
         _parse(IPClusterMagics.ipcluster, 'start --launcher-args "--x')
 
 
+def test_quotes_inside_a_word_are_a_shell_s_quotes():
+    """Before (issue 30, item 8): ``No closing quotation``, ``unrecognized arguments: --mem=0"``, and
+    ``'a b'c`` two words for a script."""
+    from ipcmagic.magics import IPClusterMagics, _parse
+
+    line = 'start --launcher-args="--exclusive --mem=0"'
+    assert _parse(IPClusterMagics.ipcluster, line).launcher_args == "--exclusive --mem=0"
+    assert _parse(IPClusterMagics.torchrun, '--srun-args="--x=\'y z\'"').srun_args == "--x='y z'"
+    script = _parse(IPClusterMagics.torchrun, "train.py 'a b'c --lr=\"1e-3\" \\'x")
+    assert script.args == ["train.py", "a bc", "--lr=1e-3", "'x"]
+
+
 def test_stale_job_id_is_a_usage_error(slurm):
     with pytest.raises(UsageError, match="Slurm does not know job 999999 of this kernel's SLURM_JOB_ID"):
         Allocation(job_id="999999", nodes=("vm",)).tasks()
