@@ -61,7 +61,9 @@ def _shell_words(line: str) -> list[str]:
         elif char in "'\"":
             quote = char
         elif char.isspace():
-            words, word = [*words, word] if word else words, ""
+            if word:
+                words.append(word)
+            word = ""
             continue
         elif char == "#" and not word:
             break

@@ -40,8 +40,8 @@ class PxView(DirectView):
         block = self.block if block is None else block
         track = self.track if track is None else track
         targets = self.targets if targets is None else targets
+        # an interrupted broadcast still in flight is outstanding: that push goes as DirectView's
         if isinstance(ns, dict) and block and not track and self._broadcasts_to(targets):
-            self._settle()
             return self._broadcast_push(ns, targets)
         return super().push(ns, targets=targets, block=block, track=track)
 
