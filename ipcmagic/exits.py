@@ -1,5 +1,6 @@
-"""How ranks ended, in the launchers' own words: srun's ``task N: ...`` lines, torchrun's failure
-summary and Open MPI's mpirun reports, read back as :class:`Ended` records and said in one sentence.
+"""How ranks ended, in the launchers' own words: srun's ``task N: ...`` lines (which ipcmagic's
+standalone launcher prints too, as ``ipcmagic: error: ...``) and Open MPI's mpirun reports, read
+back as :class:`Ended` records and said in one sentence.
 
 srun names a signal with ``strsignal`` (``Killed``, ``Segmentation fault``), as
 :func:`signal.strsignal` does on the same machine, so the signal's name can be given beside it.
@@ -16,11 +17,7 @@ from typing import Any
 from .slurm import expand_range
 
 #: srun: ``srun: error: nid001: tasks 0-1,3: Exited with exit code 1``, ``...: task 2: Killed``
-_SRUN = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+?)\s*$", re.MULTILINE)
-#: torchrun's failure summary: ``rank : 1 (local_rank: 1)`` then ``exitcode : -9 (pid: 42)``
-_TORCHRUN = re.compile(
-    r"^\s*host\s*:\s*(\S+)\s*\n\s*rank\s*:\s*(\d+).*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE
-)
+_SRUN = re.compile(r"^(?:srun|ipcmagic): error: (\S+): tasks? ([\d,-]+): (.+?)\s*$", re.MULTILINE)
 #: Open MPI: ``mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 9 (Killed).``
 _OMPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)")
 #: Open MPI: ``Process name: [[27409,1],1]`` then ``Exit code: 3`` (the first rank to fail)
@@ -68,14 +65,9 @@ def _srun_how(words: str) -> str:
 
 def rank_exits(output: str) -> list[Ended]:
     """Every rank's end the launcher reported in ``output``, the first failure first (the order of
-    the reports, torchrun's root cause before the rest); a rank reported twice counts once."""
+    the reports); a rank reported twice counts once."""
     report = "\n".join(output.splitlines()[-_REPORT_LINES:])
-    root_cause = report.find("Root Cause")  # torchrun lists the first failure last
-    found = [
-        ((root_cause < 0 or m.start() < root_cause, m.start()), said(m))
-        for pattern, said in _REPORTS
-        for m in pattern.finditer(report)
-    ]
+    found = [(m.start(), said(m)) for pattern, said in _REPORTS for m in pattern.finditer(report)]
     seen: set[int] = set()
     ended = []
     for _, end in sorted(found, key=lambda item: item[0]):
@@ -89,7 +81,6 @@ def rank_exits(output: str) -> list[Ended]:
 #: each launcher report and the end it says
 _REPORTS = [
     (_SRUN, lambda m: Ended(tuple(map(int, expand_range(m[2]))), _srun_how(m[3]), m[1])),
-    (_TORCHRUN, lambda m: Ended((int(m[2]),), by_returncode(int(m[3])), m[1])),
     (_OMPI_SIGNAL, lambda m: Ended((int(m[1]),), by_signal(int(m[3])), m[2])),
     (_OMPI_EXIT, lambda m: Ended((int(m[1]),), f"exited with code {m[2]}")),
 ]

@@ -324,7 +324,7 @@ class IPClusterMagics(Magics):
     @argument(
         "--launcher",
         choices=TORCHRUN_LAUNCHERS,
-        help="standalone: python -m torch.distributed.run --standalone; srun: one srun --overlap "
+        help="standalone: ipcmagic's launcher, ranks on this node; srun: one srun --overlap "
         "step with MASTER_ADDR/PORT, RANK, LOCAL_RANK, WORLD_SIZE; auto: srun in an allocation.",
     )
     @argument("--timeout", type=_positive_seconds, help="Stop every rank after this many seconds.")

@@ -29,6 +29,7 @@ from traitlets import CaselessStrEnum, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from . import rank as rank_side
+from . import standalone
 from .cluster import Interrupted, address_for, require_command, resolve_launcher
 from .exchange import Exchange
 from .exits import Ended, by_returncode, describe, rank_exits, ranks_named
@@ -61,7 +62,10 @@ MARKER_VAR = "IPCMAGIC_TORCHRUN"
 MAX_CELL_BYTES = 120_000
 #: what every rank runs: ``python -c`` this (:mod:`ipcmagic.rank`)
 RANK_PROGRAM = ["-c", Path(rank_side.__file__).read_text()]
-_PREFIX = re.compile(r"^(?:\[default(\d+)\]:|\s*(\d+): )")
+#: what the standalone launcher runs: ``python -c`` this (:mod:`ipcmagic.standalone`)
+STANDALONE_PROGRAM = ["-c", Path(standalone.__file__).read_text()]
+#: a rank's line, labelled as srun --label and the standalone launcher do
+_PREFIX = re.compile(r"^\s*(\d+): ")
 #: how a run is stopped: each signal to the launcher's process group, ``grace`` seconds apart
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 #: seconds srun has to report a rank's end that the rank did not announce; then its node is lost
@@ -136,23 +140,14 @@ def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]
 
 
 def plan_standalone(
-    python: str, nproc: int, program: list[str], log_dir: str, env: Mapping[str, str]
+    python: str, nproc: int, program: list[str], port: int, env: Mapping[str, str]
 ) -> TorchrunPlan:
-    """``python -m torch.distributed.run --standalone`` on this node; each rank runs ``python *program``."""
-    argv = [
-        python,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "--tee=3",
-        f"--log-dir={log_dir}",
-        "--no-python",
-        python,
-        *program,
-    ]
-    # torchrun's --tee and the ranks write to a pipe and files: unbuffered, so lines show as printed
-    return TorchrunPlan(argv, {**clean_env(env), "PYTHONUNBUFFERED": "1"}, nproc, "torchrun")
+    """ipcmagic's standalone launcher (:mod:`ipcmagic.standalone`) on this node, the world's store
+    on ``port``; each rank runs ``python *program``."""
+    argv = [python, *STANDALONE_PROGRAM, str(nproc), python, *program]
+    # the ranks write to pipes: unbuffered, so lines show as printed
+    task_env = {**clean_env(env), "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    return TorchrunPlan(argv, task_env, nproc, "ipcmagic")
 
 
 def plan_srun(
@@ -201,11 +196,11 @@ def plan_srun(
 
 
 def _prefixed(line: str) -> str:
-    """``[default1]:x`` (torchrun) or ``1: x`` (srun --label) as ``[1] x``."""
+    """`` 1: x`` (a labelled rank's line) as ``[1] x``."""
     match = _PREFIX.match(line)
     if not match:
         return line
-    return f"[{match[1] or match[2]}] {line[match.end() :]}"
+    return f"[{match[1]}] {line[match.end() :]}"
 
 
 def _failure(output: str, returncode: int, launcher: str) -> str:
@@ -436,9 +431,9 @@ class Torchrun(LoggingConfigurable):
         exchange = Exchange(offer or b"", address_for(nodes)) if offer or launcher == "srun" else None
         env = {**os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
         python = python or self.python
+        port = port or free_port()
         try:
             if launcher == "srun":
-                port = port or free_port()
                 plan = plan_srun(
                     python,
                     nproc,
@@ -453,7 +448,7 @@ class Torchrun(LoggingConfigurable):
                     container_workdir=container_workdir,
                 )
             else:
-                plan = plan_standalone(python, nproc, program, os.path.join(directory, "logs"), env)
+                plan = plan_standalone(python, nproc, program, port, env)
             try:
                 run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace, exchange=exchange)
             except TorchrunError as failed:

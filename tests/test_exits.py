@@ -1,5 +1,5 @@
-"""How ranks ended, read from the launchers' real reports (texts as srun 22.05, torchrun 2.13 and
-Open MPI 4.1 print them) and said in one sentence."""
+"""How ranks ended, read from the launchers' real reports (texts as srun 22.05, ipcmagic's standalone
+launcher and Open MPI 4.1 print them) and said in one sentence."""
 
 from __future__ import annotations
 
@@ -14,32 +14,6 @@ slurmstepd-vm: error:  mpi/pmix_v4: _errhandler: vm [0]: pmixp_client_v2.c:211: 
 srun: Job step aborted: Waiting up to 7 seconds for job step to finish.
 slurmstepd-vm: error: *** STEP 43669012.1 ON vm CANCELLED AT 2026-11-29T01:50:13 ***
 srun: error: vm: tasks 0,2: Killed
-"""
-TORCHRUN_SUMMARY = """\
-Failures:
-[1]:
-  time      : 2026-11-29_01:59:07
-  host      : vm
-  rank      : 0 (local_rank: 0)
-  exitcode  : -15 (pid: 3158)  (SIGTERM)
-  error_file: <N/A>
-  traceback : Signal 15 (SIGTERM) received by PID 3158
-[2]:
-  time      : 2026-11-29_01:59:07
-  host      : vm
-  rank      : 2 (local_rank: 2)
-  exitcode  : -15 (pid: 3160)  (SIGTERM)
-  error_file: <N/A>
-  traceback : Signal 15 (SIGTERM) received by PID 3160
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2026-11-29_01:59:07
-  host      : vm
-  rank      : 1 (local_rank: 1)
-  exitcode  : -9 (pid: 3159)  (SIGKILL)
-  error_file: <N/A>
-  traceback : Signal 9 (SIGKILL) received by PID 3159
 """
 OMPI_EXIT = """\
 mpirun detected that one or more processes exited with non-zero status, thus causing
@@ -73,9 +47,10 @@ def test_every_srun_task_list_form_and_signal():
     assert said[1].node == "n2"
 
 
-def test_torchrun_summary_root_cause_first():
-    assert describe(rank_exits(TORCHRUN_SUMMARY), "torchrun") == (
-        "rank 1 was killed by SIGKILL (Killed); torchrun then stopped the others: ranks 0, 2 with SIGTERM"
+def test_the_standalone_launcher_reports_as_srun_does():
+    said = rank_exits("ipcmagic: error: vm: task 1: Killed\nipcmagic: error: vm: task 0: Terminated\n")
+    assert describe(said, "ipcmagic") == (
+        "rank 1 was killed by SIGKILL (Killed); ipcmagic then stopped the others: rank 0 with SIGTERM"
     )
 
 

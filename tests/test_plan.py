@@ -78,7 +78,7 @@ def test_quotes_inside_a_word_are_a_shell_s_quotes():
 
     line = 'start --launcher-args="--exclusive --mem=0"'
     assert _parse(IPClusterMagics.ipcluster, line).launcher_args == "--exclusive --mem=0"
-    assert _parse(IPClusterMagics.torchrun, '--srun-args="--x=\'y z\'"').srun_args == "--x='y z'"
+    assert _parse(IPClusterMagics.torchrun, "--srun-args=\"--x='y z'\"").srun_args == "--x='y z'"
     script = _parse(IPClusterMagics.torchrun, "train.py 'a b'c --lr=\"1e-3\" \\'x")
     assert script.args == ["train.py", "a bc", "--lr=1e-3", "'x"]
 

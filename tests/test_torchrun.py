@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ from IPython.core.error import UsageError
 from ipcmagic.slurm import Allocation
 from ipcmagic.torchrun import (
     CELL_VAR,
+    STANDALONE_PROGRAM,
     TorchrunError,
     TorchrunInterrupted,
     _failure,
@@ -39,10 +41,10 @@ STALE = {"RANK": "5", "LOCAL_RANK": "5", "WORLD_SIZE": "9", "MASTER_PORT": "1", 
 
 
 def test_standalone_plan_drops_stale_rank_variables():
-    plan = plan_standalone("/py", 4, ["cell.py", "--lr", "1"], "/tmp/x/logs", {**STALE, "HOME": "/h"})
-    assert plan.argv[:5] == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
-    assert plan.argv[-5:] == ["--no-python", "/py", "cell.py", "--lr", "1"]
-    assert plan.env == {"HOME": "/h", "PYTHONUNBUFFERED": "1"}  # lines show as the ranks print them
+    plan = plan_standalone("/py", 4, ["cell.py", "--lr", "1"], 12345, {**STALE, "HOME": "/h"})
+    assert plan.argv[:3] == ["/py", *STANDALONE_PROGRAM]  # ipcmagic's launcher, not torch's elastic agent
+    assert plan.argv[3:] == ["4", "/py", "cell.py", "--lr", "1"]
+    assert plan.env == {"HOME": "/h", "MASTER_PORT": "12345", "PYTHONUNBUFFERED": "1"}
 
 
 def test_srun_plan():
@@ -78,12 +80,11 @@ def test_srun_plan():
 
 
 def test_output_prefix_and_failure_message():
-    assert _prefixed("[default3]:hello\n") == "[3] hello\n"
     assert _prefixed("  1: hi\n") == "[1] hi\n"
     assert _prefixed("plain\n") == "plain\n"
     srun_report = "srun: error: vm: tasks 0-1,3: Exited with exit code 1\n"
     assert _failure(srun_report, 1, "srun") == "ranks 0, 1, 3 exited with code 1"  # all forms: test_exits.py
-    assert _failure("", 2, "torchrun") == "torchrun exited with code 2"
+    assert _failure("", 2, "ipcmagic") == "ipcmagic exited with code 2"
     assert _failure("", -9, "srun") == "srun was killed by SIGKILL (Killed)"
 
 
@@ -138,12 +139,12 @@ FAILURES = [
     (
         "standalone",
         "sys.exit(3) if RANK == 1",
-        "rank 1 exited with code 3; torchrun then stopped the others: ranks 0, 2 with SIGTERM",
+        "rank 1 exited with code 3; ipcmagic then stopped the others: ranks 0, 2 with SIGTERM",
     ),
     (
         "standalone",
         "os.kill(os.getpid(), signal.SIGKILL) if RANK == 1",
-        "rank 1 was killed by SIGKILL (Killed); torchrun then stopped the others: ranks 0, 2 with SIGTERM",
+        "rank 1 was killed by SIGKILL (Killed); ipcmagic then stopped the others: ranks 0, 2 with SIGTERM",
     ),
 ]
 
@@ -152,7 +153,7 @@ FAILURES = [
 def test_failing_ranks_fail_the_cell_at_once_naming_them(
     ip, in_allocation, torch_installed, launcher, failing, said
 ):
-    """srun's task lists (``task 1``, ``tasks 0-1``, ``tasks 0,2``) and torchrun's summary, exit codes
+    """srun's task lists (``task 1``, ``tasks 0-1``, ``tasks 0,2``) and the standalone launcher's, exit codes
     and signals; the cell fails within 2 s of the first death."""
     stamps = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="ipcmagic-deaths-"))
     action, condition = failing.split(" if ")
@@ -235,12 +236,13 @@ def test_interrupt_reaches_and_stops_every_rank(ip, in_allocation, torch_install
 
 
 SCRIPT = """# -*- coding: latin-1 -*-
-import os, pickle, sys
+import os, pickle, sys, time
 class Model:
     pass
 print("argv", sys.argv, "world", os.environ["WORLD_SIZE"], __name__, __file__ == sys.argv[0], flush=True)
 print("path", sys.path[0], "pickled", pickle.loads(pickle.dumps(Model())).__class__.__name__, "é")
 if os.environ["RANK"] == "1":
+    time.sleep(1)  # rank 0 has printed before the others are stopped
     1 / 0
 """
 
@@ -262,7 +264,7 @@ def test_line_form_runs_a_script_file_as_python_would(ip, in_allocation, torch_i
     assert f"[1] path {shared} pickled Model \xe9" in out
     traceback = [line[4:] for line in out.splitlines() if line.startswith("[1] ") and "path" not in line]
     assert traceback[-4:] == [
-        f'  File "{script}", line 8, in <module>',
+        f'  File "{script}", line 9, in <module>',
         "    1 / 0",
         "    ~~^~~",
         "ZeroDivisionError: division by zero",
@@ -280,7 +282,8 @@ def test_a_rank_leaving_by_os_exit_is_no_lost_node(ip, in_allocation, torch_inst
 def test_cell_reaches_the_ranks_without_a_file(ip, outside_slurm, torch_installed, capsys):
     """Node-local /tmp on other nodes cannot hide the cell: it travels in the step's environment."""
     code = (
-        f"import os, sys\nprint(__name__, sys.argv, {CELL_VAR!r} in os.environ)\n"
+        f"import os, sys, time\nprint(__name__, sys.argv, {CELL_VAR!r} in os.environ, flush=True)\n"
+        "time.sleep(int(os.environ['RANK']))  # rank 0 has printed before the others are stopped\n"
         "1 / (int(os.environ['RANK']) - 1)\n"
     )
     with pytest.raises(TorchrunError, match="rank 1 exited with code 1"):
@@ -413,3 +416,52 @@ def test_a_node_lost_mid_run_fails_it_naming_the_node(two_nodes, torch_installed
     if form == "idle script":
         assert seen["said"] == LOST_N2, "no rank on n1 failed"
     assert seen["after"] <= 30, f"the run failed {seen['after']:.1f} s after the node"
+
+
+#: another user's view of the node: the TCP ports a uid listens on, from /proc/net/tcp{,6}
+LISTENING = """
+import json, sys
+ports = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for row in open(table).read().splitlines()[1:]:
+        fields = row.split()
+        if fields[3] == "0A" and fields[7] == sys.argv[1]:
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+print(json.dumps(sorted(ports)))
+"""
+
+
+def _listening_as_nobody() -> set[int]:
+    """What ``nobody`` sees this test's user listen on."""
+    out = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", LISTENING, str(os.getuid())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return set(json.loads(out.stdout))
+
+
+def test_a_standalone_run_opens_no_port_to_strangers(ip, outside_slurm, torch_installed, tmp_path):
+    """torch's elastic agent listened on every interface and loaded a pickle from its store: another
+    user (nobody) could run code as the notebook's user. A standalone run of ipcmagic's opens no port
+    of its own: while its ranks run, nobody sees no new port of this user's."""
+    before = _listening_as_nobody()
+    seen: list[set[int]] = []
+
+    def look() -> None:
+        while len(list(tmp_path.iterdir())) < 2:
+            time.sleep(0.1)
+        seen.append(_listening_as_nobody())
+        (tmp_path / "done").touch()
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    cell = (
+        f"import os, pathlib, time\npathlib.Path('{tmp_path}', os.environ['RANK']).touch()\n"
+        f"while not pathlib.Path('{tmp_path}', 'done').exists():\n    time.sleep(0.1)\n"
+    )
+    ip.run_cell_magic("torchrun", "-n 2 --launcher standalone --timeout 60", cell)
+    watcher.join()
+    assert seen[0] - before == set()
