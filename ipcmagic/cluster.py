@@ -363,19 +363,20 @@ class IPCluster(LoggingConfigurable):
         # engines on this node can read the connection file, so they start together with the
         # controller and wait for it; engines elsewhere get the connection info once it exists
         all_here = controller_ip == LOOPBACK
-        engine_args = [*plan.traits.get("engine_args", []), *self._engine_args(timeout)]
+        engine_args = [*plan.traits.get("engine_args", []), *self._engine_args(timeout, plan.dask)]
         traits = {**plan.traits, "engine_args": engine_args}
         if plan.launcher != "local":
             traits["profile_dir_env"] = all_here
         config.merge(Config({plan.launcher_class.__name__: traits}))
-        self.dask_security = self._dask_security(config) if plan.dask else None
+        profile_dir = tempfile.mkdtemp(prefix="ipcmagic-")
+        self.dask_security = self._dask_security(config, profile_dir) if plan.dask else None
         self.cluster = Cluster(
             config=config,
             log=log,
             n=plan.n,
             controller=LocalControllerLauncher,
             engines=plan.launcher_class,
-            profile_dir=tempfile.mkdtemp(prefix="ipcmagic-"),
+            profile_dir=profile_dir,
             controller_ip=controller_ip,
             controller_args=self._controller_args(),
             send_engines_connection_env=not all_here,
@@ -409,13 +410,15 @@ class IPCluster(LoggingConfigurable):
         return self.client
 
     @staticmethod
-    def _dask_security(config: Config) -> Any:
-        """A certificate for this cluster's dask, given to the controller's scheduler in ``config``."""
+    def _dask_security(config: Config, directory: str) -> Any:
+        """A certificate for this cluster's dask, given to the controller's scheduler in ``config``
+        with its files' place in the cluster's private ``directory``."""
         from .daskcluster import cluster_security, scheduler_env
 
         security = cluster_security()
         controller = config.LocalControllerLauncher
-        controller.environment = {**controller.get("environment", {}), **scheduler_env(security)}
+        env = scheduler_env(security, directory)
+        controller.environment = {**controller.get("environment", {}), **env}
         return security
 
     def _activate_px(self) -> None:
@@ -444,7 +447,7 @@ class IPCluster(LoggingConfigurable):
                 "started was stopped."
             ) from None
 
-    def _engine_args(self, timeout: float) -> list[str]:
+    def _engine_args(self, timeout: float, dask: bool) -> list[str]:
         # engines check the controller's pings every period + 500 ms; without them they exit
         misses = max(1, round(self.heartbeat_tolerance * 1000 / (self.heartbeat_ms + 500)))
         return [
@@ -455,6 +458,7 @@ class IPCluster(LoggingConfigurable):
             # may take, and the controller answers them as they come (benchmarks/registrations.py)
             "--IPEngine.mpi_registration_delay=0",
             f"--IPEngine.timeout={timeout}",
+            f"--Engine.private_scratch={dask}",  # dask's files in a private directory of each node
         ]
 
     def _controller_args(self) -> list[str]:

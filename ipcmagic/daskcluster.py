@@ -7,6 +7,12 @@ kernel's Client hold it, and anyone else — another user on the node or the net
 before a message is read. The scheduler gets it through the controller's environment (dask reads
 its configuration from ``DASK_*`` variables; only the user can read a process's environment), the
 workers as an argument, the kernel's Client from dask's configuration while it is made.
+
+dask's files (spilled data, locks, and a directory dask puts on ``sys.path``) go into private
+directories, never dask's default ``/tmp/dask-scratch-space``, which belongs to whoever used dask on
+the node first (another user can then choose where dask's fallback goes): the scheduler's into the
+cluster's private directory, each worker's into one its engine makes on its node
+(:class:`ipcmagic.engine.Engine` ``private_scratch``). Both go with the cluster.
 """
 
 from __future__ import annotations
@@ -35,13 +41,12 @@ def tls_config(security: Any, role: str) -> dict[str, Any]:
     }
 
 
-def scheduler_env(security: Any) -> dict[str, str]:
+def scheduler_env(security: Any, directory: str) -> dict[str, str]:
     """The controller's environment that makes the scheduler ipyparallel starts there speak TLS
-    with ``security``'s certificate only: its :func:`tls_config` as dask's ``DASK_*`` variables."""
-    return {
-        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
-        for key, value in tls_config(security, "scheduler").items()
-    }
+    with ``security``'s certificate only, and keep its files in the private ``directory``: as
+    dask's ``DASK_*`` variables."""
+    config = {**tls_config(security, "scheduler"), "temporary-directory": directory}
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(v) for key, v in config.items()}
 
 
 def worker_args(host: str, threads: int, security: Any) -> dict[str, Any]:

@@ -11,6 +11,9 @@ The engine's kernel also skips ipykernel's debugger: it would import debugpy (a 
 engine's CPU time to start) for a debug channel that ipyparallel's engines do not have. And a stop
 (SIGTERM) ends the engine as a script ends, without ipyparallel's graceful kernel shutdown; so
 does ``exit()`` in a cell, which in ipyparallel leaves an engine that beats but runs nothing.
+
+An engine that will be a dask worker gets a new private directory for dask's files on its node
+(``private_scratch``), removed when the engine ends.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import contextlib
 import gc
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from typing import IO, Any, NoReturn
 
 from ipyparallel.engine import app, nanny
+from traitlets import Bool
 
 from .internals import fits, parameters
 
@@ -122,10 +128,19 @@ class Engine(app.IPEngine):
     """ipyparallel's engine; configured as ``IPEngine``."""
 
     forked_nanny: ForkedNanny | None = None
+    private_scratch = Bool(
+        False,
+        config=True,
+        help="Give dask a new private directory on this node for its files (DASK_TEMPORARY_DIRECTORY), "
+        "removed when the engine ends. dask's default, /tmp/dask-scratch-space, is shared by every "
+        "user of the node, and dask puts its directory on sys.path.",
+    )
 
     def init_engine(self) -> None:
         if self.forked_nanny and not self.enable_nanny:
             self.forked_nanny.cancel()
+        if self.private_scratch:
+            make_scratch()
         super().init_engine()
 
     def init_signal(self) -> None:
@@ -154,6 +169,22 @@ class Engine(app.IPEngine):
         os.kill(os.getpid(), sig)
 
 
+#: the engine's private directory for dask, if it has one
+scratch: list[str] = []
+
+
+def make_scratch() -> None:
+    """A new private directory (0700, random name) for dask's files, removed at the engine's end."""
+    scratch.append(tempfile.mkdtemp(prefix="ipcmagic-dask-"))
+    os.environ["DASK_TEMPORARY_DIRECTORY"] = scratch[0]  # dask reads it when it is imported
+    atexit.register(remove_scratch)
+
+
+def remove_scratch() -> None:
+    for directory in scratch:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def exit_soon(delay: float = 0.5) -> None:
     """End the engine once the cell's reply went out: with code 0, output flushed, without the exit
     handlers (mpi4py's MPI_Finalize would wait for the other ranks)."""
@@ -161,6 +192,7 @@ def exit_soon(delay: float = 0.5) -> None:
     def end() -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
+        remove_scratch()
         os._exit(0)
 
     threading.Timer(delay, end).start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,3 +110,33 @@ def test_dask_refuses_anyone_without_the_clusters_certificate(ip, in_allocation)
     assert out.stdout.splitlines() == ["refused"] * 2 * len(ports) + ["key hidden"], out.stderr
     assert dask.submit(sum, [1, 2, 3]).result() == 6  # the kernel's own Client works on
     ip.run_line_magic("ipcluster", "stop")
+
+
+def _as_nobody(*argv: str) -> None:
+    subprocess.run(["runuser", "-u", "nobody", "--", *argv], check=True, timeout=30)
+
+
+def test_dask_keeps_its_files_where_no_other_user_can_reach(ip, in_allocation):
+    """dask's default ``/tmp/dask-scratch-space`` belongs to whoever used dask on the node first:
+    there another user (nobody) made it and the fallback ``-<uid>`` open to all, and chose where
+    the workers' spilled data went (a directory dask also puts on ``sys.path``). Now each worker's
+    and the scheduler's files are in private directories, gone after the stop."""
+    shared = Path(tempfile.gettempdir(), "dask-scratch-space")
+    taken = [shared, Path(f"{shared}-{os.getuid()}")]
+    for directory in taken:
+        shutil.rmtree(directory, ignore_errors=True)
+        _as_nobody("mkdir", "-m", "0777", str(directory))
+    try:
+        ip.run_line_magic("ipcluster", "start -n 2 --dask")
+        dask = ipcmagic.dask_client()
+        places = [*dask.run(lambda dask_worker: dask_worker.local_directory).values()]
+        places.append(dask.run_on_scheduler(lambda dask_scheduler: dask_scheduler.local_directory))
+        for place in map(Path, places):
+            private = next(p for p in place.parents if p.parent == Path(tempfile.gettempdir()))
+            assert private.name.startswith("ipcmagic-"), place
+            assert private.stat().st_uid == os.getuid() and private.stat().st_mode & 0o777 == 0o700
+        ip.run_line_magic("ipcluster", "stop")
+        assert [list(directory.iterdir()) for directory in taken] == [[], []]
+    finally:
+        for directory in taken:
+            shutil.rmtree(directory, ignore_errors=True)
