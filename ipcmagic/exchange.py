@@ -11,6 +11,11 @@ system and nothing is left behind. A connection that closes without an exit stat
 that died (TCP keepalive notices a node that went silent within :data:`SILENT_NODE` s); when
 the launcher does not report that death, the rank's node is lost. The ranks' side is
 :mod:`ipcmagic.rank`.
+
+Before its proof a connection can cost the kernel little: it gets no more than
+:data:`HANDSHAKE_TIMEOUT` s in all, messages of :data:`UNPROVEN_BYTES` at most, and no more than
+:data:`MAX_UNPROVEN` wait for their proof at once (a new one ends the oldest: a rank's proof takes
+a round trip, a stranger's idle connections are what gets ended).
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ import threading
 import time
 from typing import Any
 
-from .rank import EXCHANGE_VAR, KEY_VAR, proof, receive, send
+from .rank import EXCHANGE_VAR, KEY_VAR, LENGTH, proof, receive, send
 
-#: seconds a connection may take for its handshake (a stranger must not hold a thread for long)
+#: seconds a connection may take for its whole handshake (a stranger must not hold a thread long)
 HANDSHAKE_TIMEOUT = 10.0
+#: the largest message read before the proof (a rank's number and node name, a nonce, a proof)
+UNPROVEN_BYTES = 1024
+#: connections waiting for their proof at once; one more ends the oldest
+MAX_UNPROVEN = 128
 #: TCP keepalive of the ranks' connections: idle seconds, seconds between probes, probes
 KEEPALIVE = (5, 2, 3)
 #: seconds until a connection to a node that went silent (powered off, cut off) fails
@@ -49,6 +58,8 @@ class Exchange:
         self.refused = 0  # connections that could not prove the key
         self._closing = False
         self._server = socket.create_server((host, 0))
+        self._unproven: dict[socket.socket, None] = {}  # oldest first
+        self._lock = threading.Lock()
         self._connections: list[tuple[socket.socket, threading.Thread]] = []
         self._accepting = threading.Thread(target=self._accept, daemon=True, name="ipcmagic-exchange")
         self._accepting.start()
@@ -60,14 +71,19 @@ class Exchange:
         return {EXCHANGE_VAR: f"{host}:{port}", KEY_VAR: self.key.hex()}
 
     def _accept(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 sock, _ = self._server.accept()
-            except OSError:  # shut down by close()
-                return
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._connections.append((sock, thread))
-            thread.start()
+            except OSError:  # shut down by close(), or out of file descriptors for a moment
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                if len(self._unproven) >= MAX_UNPROVEN:
+                    oldest = next(iter(self._unproven))
+                    del self._unproven[oldest]
+                    _end(oldest)
+                self._unproven[sock] = None
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
         with sock:
@@ -76,6 +92,8 @@ class Exchange:
             except (OSError, ValueError):
                 rank = None
             if rank is None:
+                with self._lock:
+                    self._unproven.pop(sock, None)
                 self.refused += 1
                 return
             try:
@@ -93,12 +111,18 @@ class Exchange:
     def _admit(self, sock: socket.socket) -> int | None:
         """The rank of a connection that proves it holds the key, after the kernel's proof and
         the offer went to it; None for one that does not."""
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         sock.settimeout(HANDSHAKE_TIMEOUT)
         nonce = os.urandom(32)
         send(sock, nonce)
-        who, rank_nonce, rank_proof = receive(sock), receive(sock), receive(sock)
+        who, rank_nonce, rank_proof = (_unproven_message(sock, deadline) for _ in range(3))
         if not hmac.compare_digest(rank_proof, proof(self.key, b"rank", nonce, rank_nonce, who)):
             return None
+        with self._lock:  # proven: a rank's connection from now on, unless ended meanwhile
+            if sock not in self._unproven or self._closing:
+                return None
+            del self._unproven[sock]
+            self._connections.append((sock, threading.current_thread()))
         send(sock, proof(self.key, b"kernel", rank_nonce, nonce))
         rank, node = who.decode().split()
         self.nodes[int(rank)] = node
@@ -118,14 +142,17 @@ class Exchange:
         return {rank: self.nodes[rank] for rank, when in list(self.vanished.items()) if now - when >= after}
 
     def close(self) -> None:
-        """Stop listening, end the connections still open, wait for their threads."""
+        """Stop listening, end the connections still open, wait for the ranks' threads."""
         self._closing = True
         self._server.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone would not
         self._server.close()
         self._accepting.join()
-        for sock, thread in self._connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            for sock in self._unproven:
+                _end(sock)
+            connections = list(self._connections)
+        for sock, thread in connections:
+            _end(sock)
             thread.join()
 
     def __enter__(self) -> Exchange:
@@ -133,3 +160,29 @@ class Exchange:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _end(sock: socket.socket) -> None:
+    """End a connection from any thread: its reads return at once."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _unproven_message(sock: socket.socket, deadline: float) -> bytes:
+    """One message of a connection that has not proven the key yet: small, and before ``deadline``."""
+    (size,) = LENGTH.unpack(_before(sock, LENGTH.size, deadline))
+    if size > UNPROVEN_BYTES:
+        raise ValueError(f"{size} bytes announced before the proof")
+    return _before(sock, size, deadline)
+
+
+def _before(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """``size`` bytes from ``sock``, all of them before ``deadline`` (TimeoutError otherwise)."""
+    data = b""
+    while len(data) < size:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the other side closed the connection")
+        data += chunk
+    return data

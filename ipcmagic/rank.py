@@ -36,18 +36,21 @@ CELL_VAR = "IPCMAGIC_TORCHRUN_CELL"
 #: where the kernel's exchange listens (host:port), and its key (hex)
 EXCHANGE_VAR = "IPCMAGIC_EXCHANGE"
 KEY_VAR = "IPCMAGIC_EXCHANGE_KEY"
+#: seconds a rank waits to reach the kernel and for its proof (a kernel under attack, or gone)
+CONNECT_TIMEOUT = 60.0
 #: the file name tracebacks show for the cell's lines
 CELL_NAME = "<%%torchrun cell>"
-_LENGTH = struct.Struct("!Q")
+#: the frame of every message: its length
+LENGTH = struct.Struct("!Q")
 
 
 def send(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(_LENGTH.pack(len(data)))
+    sock.sendall(LENGTH.pack(len(data)))
     sock.sendall(data)
 
 
 def receive(sock: socket.socket) -> bytearray:
-    (size,) = _LENGTH.unpack(_exactly(sock, _LENGTH.size))
+    (size,) = LENGTH.unpack(_exactly(sock, LENGTH.size))
     return _exactly(sock, size)
 
 
@@ -77,7 +80,7 @@ class Kernel:
     def __init__(self, rank: int) -> None:
         host, port = os.environ[EXCHANGE_VAR].rsplit(":", 1)
         key = bytes.fromhex(os.environ[KEY_VAR])
-        self.sock = socket.create_connection((host, int(port)))
+        self.sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
         server_nonce, nonce = receive(self.sock), os.urandom(32)
         who = b"%d %s" % (rank, os.environ.get("SLURMD_NODENAME", socket.gethostname()).encode())
         send(self.sock, who)
@@ -85,6 +88,7 @@ class Kernel:
         send(self.sock, proof(key, b"rank", server_nonce, nonce, who))
         if not hmac.compare_digest(receive(self.sock), proof(key, b"kernel", nonce, server_nonce)):
             raise ConnectionError("the exchange did not prove that it is this run's kernel")
+        self.sock.settimeout(None)  # the offer and results: any size, at the pace of the network
         self.offer = receive(self.sock)
         self.pid: int | None = os.getpid()
 
