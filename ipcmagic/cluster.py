@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
-from traitlets import CaselessStrEnum, Float, Integer, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
@@ -108,6 +109,25 @@ def resolve_launcher(
             f"run the notebook inside salloc/sbatch or use --launcher {outside}."
         )
     return launcher
+
+
+def encrypt(config: Config, profile_dir: str) -> None:
+    """CurveZMQ on every connection of the cluster whose controller ``config`` starts: the
+    controller makes the keys; its public one, which every peer needs, is only in the cluster's
+    private files (0600 in the 0700 ``profile_dir``) and the engines' private environment.
+
+    Messages stay signed with a fresh HMAC key too: ipyparallel turns signing off with CurveZMQ
+    unless the controller's configuration names a key (every engine then warns "Message signing
+    is disabled. This is insecure"). The key goes in the controller's configuration file in
+    ``profile_dir`` (never on a command line), and from there into the connection files as ever.
+    CurveZMQ is asked for in the controller's environment: a command-line option would be read
+    before that file, and turn signing off."""
+    controller = config.LocalControllerLauncher
+    controller.environment = {**controller.get("environment", {}), "IPP_ENABLE_CURVE": "1"}
+    path = os.path.join(profile_dir, "ipcontroller_config.py")  # bytes: JSON has none
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(f"c.Session.key = {secrets.token_hex(32).encode()!r}\n")
 
 
 def require_command(command: str) -> None:
@@ -314,6 +334,13 @@ class IPCluster(LoggingConfigurable):
         help="Address the controller listens on; empty: loopback when all engines run on this "
         "host, else this host's address towards the allocation's other nodes.",
     )
+    encrypt = Bool(
+        True,
+        config=True,
+        help="CurveZMQ on every connection of the cluster (ipyparallel's enable_curve), with keys "
+        "made for each cluster: without it, anyone on the node or the network can read every %%px "
+        "cell and its output, and wedge the client with a few bytes.",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -369,6 +396,8 @@ class IPCluster(LoggingConfigurable):
             traits["profile_dir_env"] = all_here
         config.merge(Config({plan.launcher_class.__name__: traits}))
         profile_dir = tempfile.mkdtemp(prefix="ipcmagic-")
+        if self.encrypt:
+            encrypt(config, profile_dir)
         self.dask_security = self._dask_security(config, profile_dir) if plan.dask else None
         self.cluster = Cluster(
             config=config,

@@ -41,6 +41,7 @@ print("EVIDENCE", json.dumps({
     "controller": controller.cmdline(),
     "controller_env": {k: v for k, v in controller.environ().items() if k.startswith("SITE_")},
     "interface": json.load(open(cluster.connection_file))["interface"],
+    "curve": bool(json.load(open(cluster.connection_file)).get("curve_serverkey")),
     "engines": ipcmagic.client()[:].apply_sync(engine),
 }), flush=True)
 ip.run_line_magic("ipcluster", "stop")
@@ -95,6 +96,7 @@ c.IPCluster.timeout = 77
 c.IPCluster.heartbeat_ms = 200
 c.IPCluster.heartbeat_tolerance = 4.0
 c.IPCluster.controller_ip = {address!r}
+c.IPCluster.encrypt = False
 c.SrunEngineSetLauncher.mpi = "pmix"
 c.SrunEngineSetLauncher.overlap = False
 c.SrunEngineSetLauncher.mpi_cmd = ["/usr/bin/srun"]
@@ -141,6 +143,7 @@ def test_cluster_traits_take_effect(srun_configured):
     assert "--HeartMonitor.period=200" in controller  # heartbeat_ms
     assert "--HeartMonitor.max_heartmonitor_misses=20" in controller  # heartbeat_tolerance: 4 s / 200 ms
     assert srun_configured["interface"] == f"tcp://{host_address()}"  # controller_ip
+    assert not srun_configured["curve"]  # encrypt (on by default: tests/test_cluster_traffic.py)
     assert srun_configured["controller_env"] == {"SITE_CONTROLLER": "1"}  # controller_cmd
 
 
