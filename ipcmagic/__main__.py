@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import __version__
-from .kernel import install
+from .kernel import KernelInstallError, install
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,13 +30,18 @@ def main(argv: list[str] | None = None) -> None:
         help="Put this environment's site-packages first on PYTHONPATH, so its packages win over "
         "copies on the software stack's PYTHONPATH (uenv, modules).",
     )
+    add.add_argument("--replace", action="store_true", help="Replace a kernel of that name.")
     args = parser.parse_args(argv)
-    path = install(
-        args.name,
-        display_name=args.display_name,
-        prefix=args.prefix,
-        prepend_site_packages=args.prepend_site_packages,
-    )
+    try:
+        path = install(
+            args.name,
+            display_name=args.display_name,
+            prefix=args.prefix,
+            prepend_site_packages=args.prepend_site_packages,
+            replace=args.replace,
+        )
+    except KernelInstallError as e:
+        add.error(str(e))
     print(f"Installed kernel {args.name!r} in {path}")
 
 

@@ -26,7 +26,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
 from .losses import Follower, guard_targets, on_this_node, process_alive, tell_controller
-from .slurm import Allocation
+from .slurm import Allocation, require_full_export
 from .status import ClusterStatus
 from .watchdog import Watchdog
 
@@ -176,6 +176,7 @@ def plan_engines(
         raise UsageError(f"--launcher-args {launcher_args!r} is not valid shell syntax: {e}.") from None
     traits: dict[str, Any]
     if launcher == "srun":
+        require_full_export(args, "--launcher-args")
         traits = {
             "mpi_args": args,
             "cpus_per_engine": cpus,

@@ -200,8 +200,9 @@ def main() -> None:
     arguments its ``sys.argv[1:]``; else with arguments the script file they start with; else
     the launched function."""
     kernel = connect()
-    code = os.environ.pop(CELL_VAR, None)
+    code = os.environb.pop(CELL_VAR.encode(), None)
     if code is not None:
+        code = code.decode()  # UTF-8, whatever the locale
         sys.argv[0] = CELL_NAME
         linecache.cache[CELL_NAME] = (len(code), None, code.splitlines(True), CELL_NAME)
         status = run_script(code, CELL_NAME, kernel)

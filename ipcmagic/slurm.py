@@ -45,6 +45,22 @@ FOREIGN_STEP_VARS = frozenset(
 )
 
 
+def require_full_export(args: list[str], option: str) -> None:
+    """UsageError for an srun ``--export`` in ``args`` (given as ``option``) that would not pass the
+    kernel's whole environment: the steps need it (ipcmagic's connection details, PATH, the venv),
+    and without it they fail only after the start's timeout, or a rank cannot reach the kernel."""
+    for i, arg in enumerate(args):
+        value = arg.partition("=")[2] if arg.startswith("--export=") else None
+        if arg == "--export" and i + 1 < len(args):
+            value = args[i + 1]
+        if value is not None and value.split(",")[0].upper() != "ALL":
+            raise UsageError(
+                f"{option} has --export={value}, which keeps the kernel's environment from the step "
+                "(ipcmagic's connection details, PATH, the virtual environment); leave --export out, "
+                f"or add variables with --export=ALL,{value.removeprefix('NONE').strip(',') or 'NAME=value'}."
+            )
+
+
 #: variables that make a process a task of the step it runs in: its rank and its PMIx/PMI server.
 #: An MPI library that finds them in a child joins the *kernel's* step (MPICH aborts, seeing two
 #: PMI flavours; a rank that then fails makes Slurm end the kernel's step). Site tunables

@@ -34,7 +34,7 @@ from .cluster import Interrupted, address_for, require_command, resolve_launcher
 from .exchange import Exchange
 from .exits import Ended, by_returncode, describe, rank_exits, ranks_named
 from .rank import CELL_VAR
-from .slurm import BLOCK, Allocation, step_env
+from .slurm import BLOCK, Allocation, require_full_export, step_env
 from .watchdog import Watchdog
 
 LAUNCHERS = ("auto", "standalone", "srun")
@@ -136,7 +136,14 @@ def cell_program(code: str, args: list[str]) -> tuple[list[str], dict[str, str]]
             f"The cell has {size // 1000} kB, more than %%torchrun passes to the ranks "
             f"({MAX_CELL_BYTES // 1000} kB); save it as a file and run %torchrun [options] file.py."
         )
-    return [*RANK_PROGRAM, *args], {CELL_VAR: code}
+    # bytes: the kernel's locale may have no encoding for the cell (LC_ALL=C with PYTHONUTF8=0)
+    return [*RANK_PROGRAM, *args], {CELL_VAR: code.encode()}
+
+
+def streamed(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for ranks whose output the kernel shows as it comes: unbuffered, and UTF-8 (what the
+    kernel reads) unless the user chose an encoding, also where the locale has none (LC_ALL=C)."""
+    return {"PYTHONIOENCODING": "utf-8", **env, "PYTHONUNBUFFERED": "1"}
 
 
 def plan_standalone(
@@ -145,8 +152,7 @@ def plan_standalone(
     """ipcmagic's standalone launcher (:mod:`ipcmagic.standalone`) on this node, the world's store
     on ``port``; each rank runs ``python *program``."""
     argv = [python, *STANDALONE_PROGRAM, str(nproc), python, *program]
-    # the ranks write to pipes: unbuffered, so lines show as printed
-    task_env = {**clean_env(env), "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    task_env = {**streamed(clean_env(env)), "MASTER_PORT": str(port)}
     return TorchrunPlan(argv, task_env, nproc, "ipcmagic")
 
 
@@ -186,12 +192,7 @@ def plan_srun(
     if container_workdir:
         argv.append(f"--container-workdir={container_workdir}")
     argv += [*srun_args, "bash", "-c", _TASK_ENV, "torchrun-task", python, *program]
-    task_env = {
-        **step_env(clean_env(env)),
-        "MASTER_ADDR": nodes[0],
-        "MASTER_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-    }
+    task_env = {**streamed(step_env(clean_env(env))), "MASTER_ADDR": nodes[0], "MASTER_PORT": str(port)}
     return TorchrunPlan(argv, task_env, nproc * nnodes, "srun")
 
 
@@ -314,6 +315,7 @@ def run(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        encoding="utf-8",
         errors="replace",
         start_new_session=True,
     )
@@ -416,6 +418,7 @@ class Torchrun(LoggingConfigurable):
             raise UsageError("-n and --nnodes must be at least 1.")
         if launcher == "srun":
             require_command("srun")
+            require_full_export(srun_args, "--srun-args")
             if nnodes > len(allocation.nodes):
                 raise UsageError(
                     f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."

@@ -66,3 +66,27 @@ def test_kernel_env_puts_the_venv_first():
         )
     assert env["PYTHONPATH"].split(":")[1:] == ["/stack"] and "site-packages" in env["PYTHONPATH"]
     assert "PYTHONPATH" not in kernel_env({"PATH": "/usr/bin"})
+
+
+def kernel_install(*options: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ipcmagic", "kernel", "install", *options]
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+
+
+def test_install_says_what_to_change_and_replaces_nothing_unasked(tmp_path):
+    """A bad name printed a traceback; an install replaced an existing kernel silently (hand edits
+    and files in its directory lost); each install left a /tmp/tmp*_kernels directory."""
+    env = {"JUPYTER_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    bad = kernel_install("--name", "my env", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "'my env' cannot be a kernel name" in bad.stderr and "--name my-env" in bad.stderr
+    assert kernel_install("--name", "mine", env=env).returncode == 0
+    spec = tmp_path / "data" / "kernels" / "mine"
+    (spec / "notes.txt").write_text("mine")
+    again = kernel_install("--name", "mine", "--display-name", "Other", env=env)
+    assert again.returncode == 2 and "already installed" in again.stderr and "--replace" in again.stderr
+    assert (spec / "notes.txt").exists() and '"mine"' in (spec / "kernel.json").read_text()
+    replaced = kernel_install("--name", "mine", "--display-name", "Other", "--replace", env=env)
+    assert replaced.returncode == 0 and '"Other"' in (spec / "kernel.json").read_text()
+    assert list((tmp_path / "tmp").iterdir()) == [], "nothing left in the temporary directory"

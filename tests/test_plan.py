@@ -204,3 +204,15 @@ def test_a_trailing_comment_is_not_an_argument():
     assert (args.action, args.n) == ("start", 4)
     assert _parse(IPClusterMagics.ipcluster, "start --launcher-args '-x #y'").launcher_args == "-x #y"
     assert _parse(IPClusterMagics.ipcluster, "start --cpu-bind map#1").cpu_bind == "map#1"
+
+
+@pytest.mark.parametrize("words", ["--export=NONE", "--export NONE", "--export=HOME,PATH", "-l --export=nil"])
+def test_an_export_that_drops_the_kernels_environment_is_named_at_once(words, ip, in_allocation):
+    """--launcher-args "--export=NONE" failed after the full 60 s start timeout; --srun-args
+    "--export=NONE" with no hint (a rank cannot reach the kernel)."""
+    with pytest.raises(UsageError, match="keeps the kernel's environment from the step.*--export=ALL,"):
+        plan_engines(ALLOC, launcher="srun", n=2, launcher_args=words)
+    with pytest.raises(UsageError, match="--srun-args has --export="):
+        ip.run_cell_magic("torchrun", f"-n 1 --srun-args '{words}'", "pass")
+    plan = plan_engines(ALLOC, launcher="srun", n=2, launcher_args="--export=ALL,OMP_NUM_THREADS=4")
+    assert plan.traits["mpi_args"] == ["--export=ALL,OMP_NUM_THREADS=4"]

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +38,8 @@ dist.all_reduce(t)
 print(f"rank {dist.get_rank()} of {dist.get_world_size()}: sum={t.item():g}", flush=True)
 dist.destroy_process_group()
 """
+#: lines show as the ranks print them, in UTF-8 whatever the locale
+STREAMED = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 STALE = {"RANK": "5", "LOCAL_RANK": "5", "WORLD_SIZE": "9", "MASTER_PORT": "1", "TORCHELASTIC_RUN_ID": "x"}
 
 
@@ -44,7 +47,7 @@ def test_standalone_plan_drops_stale_rank_variables():
     plan = plan_standalone("/py", 4, ["cell.py", "--lr", "1"], 12345, {**STALE, "HOME": "/h"})
     assert plan.argv[:3] == ["/py", *STANDALONE_PROGRAM]  # ipcmagic's launcher, not torch's elastic agent
     assert plan.argv[3:] == ["4", "/py", "cell.py", "--lr", "1"]
-    assert plan.env == {"HOME": "/h", "MASTER_PORT": "12345", "PYTHONUNBUFFERED": "1"}
+    assert plan.env == {"HOME": "/h", "MASTER_PORT": "12345", **STREAMED}
 
 
 def test_srun_plan():
@@ -75,7 +78,7 @@ def test_srun_plan():
     ]:
         assert option in argv
     assert argv[-3:] == ["/c/python", "cell.py", "a"]
-    assert plan.env == {"MASTER_ADDR": "n1", "MASTER_PORT": "12345", "PYTHONUNBUFFERED": "1"}
+    assert plan.env == {"MASTER_ADDR": "n1", "MASTER_PORT": "12345", **STREAMED}
     assert "RANK=$SLURM_PROCID" in " ".join(argv)
 
 
@@ -465,3 +468,26 @@ def test_a_standalone_run_opens_no_port_to_strangers(ip, outside_slurm, torch_in
     ip.run_cell_magic("torchrun", "-n 2 --launcher standalone --timeout 60", cell)
     watcher.join()
     assert seen[0] - before == set()
+
+
+#: a kernel whose locale has no encoding for the cell (LC_ALL=C, PYTHONUTF8=0); its output goes
+#: to a UTF-8 stream, as ipykernel's is
+IN_THE_C_LOCALE = """
+import io, sys
+sys.stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=True)
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+print(sys.getfilesystemencoding())
+ip.run_cell_magic("torchrun", "-n 2 --launcher standalone", "print('Temp\\u00e9rature \\u2103')")
+"""
+
+
+def test_a_cell_in_any_locale(outside_slurm, torch_installed):
+    """A non-ASCII cell raised a raw UnicodeEncodeError in a kernel without a UTF-8 locale."""
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", IN_THE_C_LOCALE], capture_output=True, env=env, timeout=120, check=True
+    ).stdout.decode()
+    assert out.splitlines()[0] == "ascii"
+    assert sorted(out.splitlines()[1:]) == ["[0] Temp\u00e9rature \u2103", "[1] Temp\u00e9rature \u2103"]
