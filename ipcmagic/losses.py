@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 UNHEARD = "stopped answering heartbeats (frozen, or its node is unreachable)"
 #: the same, on another node: its nanny or the heartbeats told the controller
 LOST_ELSEWHERE = "was lost (it ended, or stopped answering heartbeats)"
+#: how an engine on another node ended that the controller let go while the other engines of its
+#: node answered: that engine alone is frozen (stopped, in a debugger) or ended
+STALLED_ELSEWHERE = "stopped answering heartbeats while the others on {host} answered (frozen, or it ended)"
 #: how engines of a step on another node ended that stopped answering heartbeats while their
 #: launcher saw no end of them: their node died or is cut off
 NODE_LOST = "stopped answering heartbeats while {step} saw no end (the node is unreachable)"
@@ -78,6 +81,7 @@ def tell_controller(connection_file: str, ids: list[int]) -> None:
     """Unregister engines at the controller, as each one's nanny does when its engine exits: the
     controller tells every client, which fails the engines' pending work at once."""
     import zmq
+    from ipyparallel.util import connect
     from jupyter_client.session import Session
 
     with open(connection_file) as f:
@@ -85,7 +89,8 @@ def tell_controller(connection_file: str, ids: list[int]) -> None:
     session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
     with zmq.Context.instance().socket(zmq.DEALER) as dealer:
         dealer.linger = 3000  # the messages must leave before close, but never hang a stop
-        dealer.connect(f"{info['interface']}:{info['registration']}")
+        server_key = (info.get("curve_serverkey") or "").encode()  # encrypted: as a client connects
+        connect(dealer, f"{info['interface']}:{info['registration']}", curve_serverkey=server_key or None)
         for engine_id in ids:
             session.send(dealer, "unregistration_request", content={"id": engine_id})
 
@@ -136,14 +141,19 @@ class Follower:
             threading.Timer(LAUNCHER_WORD, self.stop_lost_step).start()
 
     def stop_lost_step(self) -> None:
-        """Engines of another node were let go while their launcher saw no end of them: their
-        node died or is cut off. Stop the step, as Slurm does on a node failure, so that the
-        other ranks do not wait for them in MPI forever, and fail the work of all at once."""
+        """Engines of another node were let go while their launcher saw no end of them. Where
+        another engine of their node still answers, the node is fine: those engines alone are
+        lost. Else the node died or is cut off: stop the step, as Slurm does on a node failure, so
+        that the other ranks do not wait for them in MPI forever, and fail the work of all at once."""
         with self.lock:
             if not self.following:
                 return
             self._learn_so_far()
             lost = [i for i in self.let_go if i not in self.fates]
+            answering = set(self.client.ids) - self.let_go
+            for i in [i for i in lost if self._node_answers(i, answering)]:
+                lost.remove(i)
+                self.fates[i] = (UNREPORTED - 2, STALLED_ELSEWHERE.format(host=self.roster[i]["host"]))
             if not lost:
                 return
             self.fates.update(dict.fromkeys(lost, (NODE_REPORT, NODE_LOST.format(step=self.step))))
@@ -152,6 +162,12 @@ class Follower:
         for launcher in self.launchers:
             launcher.signal(signal.SIGTERM)
         self._tell(others)
+
+    def _node_answers(self, engine: int, answering: set[int]) -> bool:
+        """Whether an engine of ``engine``'s node other than it is registered and has no fate."""
+        host = self.roster[engine]["host"]
+        others = answering & self.roster.keys()
+        return any(self.roster[i]["host"] == host and i not in self.fates for i in others)
 
     def ended(self, launcher: Any, stop_data: dict[str, Any] | None) -> None:
         """A launcher's process exited (in ipyparallel's event loop thread): every engine it ran

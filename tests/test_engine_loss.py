@@ -281,6 +281,52 @@ def test_watching_work_fails_at_once_too(ip, in_allocation):
     ip.run_line_magic("ipcluster", "stop")
 
 
+#: in a job of the 2-node lab, the kernel on n1: one engine on n2 stops (SIGSTOP, as a debugger
+#: attached to it would) during a cell, for longer than the heartbeat tolerance
+STALL_ONE_ENGINE_ELSEWHERE = """
+import contextlib, io, json, os, signal, threading
+from IPython.core.interactiveshell import InteractiveShell
+import ipcmagic
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+cluster = ipcmagic._magics.cluster
+cluster.heartbeat_tolerance = 3.0
+ip.run_line_magic("ipcluster", "start -n 4")
+roster = {i: (row["pid"], row["host"]) for i, row in cluster.roster.items()}
+stalled = roster[3][0]
+threading.Timer(1.0, os.kill, (stalled, signal.SIGSTOP)).start()
+said = io.StringIO()
+with contextlib.redirect_stderr(said):
+    failed = ip.run_cell("%%px\\nimport time\\ntime.sleep(6)").error_in_exec
+states = [row["state"] for row in cluster.engines()]
+pids = ipcmagic.client()[:].apply_sync(os.getpid)  # the engines that remain
+os.kill(stalled, signal.SIGCONT)
+ip.run_line_magic("ipcluster", "stop")
+print(json.dumps({"failed": type(failed).__name__, "said": said.getvalue().strip(), "states": states,
+                  "pids": pids, "roster": roster}))
+"""
+
+
+def test_one_stalled_engine_elsewhere_loses_that_engine_alone(two_nodes, nothing_left):
+    """A debugger on one engine of the other node for longer than the heartbeat tolerance ended
+    the whole srun step (every engine's variables gone), as if the node had been lost; its other
+    engine kept answering, and so the node was fine."""
+    out = run_in_job(
+        ["-N", "2", "--ntasks-per-node=2", "-J", "ipcmagic-stall"],
+        ["-N", "1", "-n", "1"],
+        STALL_ONE_ENGINE_ELSEWHERE,
+        two_nodes,
+    )
+    seen = json.loads(out.splitlines()[-1])
+    roster = seen["roster"] = {int(i): row for i, row in seen["roster"].items()}
+    assert [host for _, host in roster.values()] == ["n1", "n1", "n2", "n2"]
+    assert seen["failed"] != "NoneType"
+    stalled = f"{engines(seen, [3])} stopped answering heartbeats while the others on n2 answered"
+    assert stalled in seen["said"], seen["said"]
+    assert seen["states"][:3] != ["gone"] * 3 and seen["states"][3] == "gone", seen["states"]
+    assert seen["pids"] == [roster[i][0] for i in range(3)], "the others run on, with their variables"
+
+
 #: in a job of the 2-node lab, the kernel on n1: n2's share of the step dies (its slurmstepd, its
 #: engines and their nannies, at once, as in a node failure) while the ranks wait in MPI barriers
 LOSE_A_NODE_IN_A_JOB = """

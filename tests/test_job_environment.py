@@ -85,9 +85,15 @@ def test_engines_and_torchrun_start_whatever_the_job_left(
 
 
 def test_engines_without_ipcmagics_environment_say_so(ip, in_allocation):
-    """An export list the user passes still wins; the error names the cause, not --timeout."""
-    with pytest.raises(ClusterError, match="did not receive ipcmagic's environment") as failure:
-        ip.run_line_magic("ipcluster", 'start -n 2 --timeout 6 --launcher-args "--export=PATH,SLURM_CONF"')
+    """An export list in the site's configuration still wins (--launcher-args refuses one at once,
+    tests/test_plan.py); the error names the cause, not --timeout."""
+    site = ipcmagic._magics.cluster.config.SrunEngineSetLauncher
+    site.mpi_args = ["--export=PATH,SLURM_CONF"]
+    try:
+        with pytest.raises(ClusterError, match="did not receive ipcmagic's environment") as failure:
+            ip.run_line_magic("ipcluster", "start -n 2 --timeout 6")
+    finally:
+        site.pop("mpi_args")
     assert "raise --timeout" not in str(failure.value)
 
 
