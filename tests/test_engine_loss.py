@@ -281,10 +281,11 @@ def test_watching_work_fails_at_once_too(ip, in_allocation):
     ip.run_line_magic("ipcluster", "stop")
 
 
-#: in a job of the 2-node lab, the kernel on n1: one engine on n2 stops (SIGSTOP, as a debugger
-#: attached to it would) during a cell, for longer than the heartbeat tolerance
-STALL_ONE_ENGINE_ELSEWHERE = """
-import contextlib, io, json, os, signal, threading
+#: the start of a kernel in a job of the 2-node lab, on n1: 4 engines (2 on each node), a heartbeat
+#: tolerance of 3 s, ``roster`` (engine id -> pid, host)
+FOUR_ENGINES_ON_TWO_NODES = """
+import contextlib, io, json, os, signal, sys, threading, time
+import psutil
 from IPython.core.interactiveshell import InteractiveShell
 import ipcmagic
 ip = InteractiveShell.instance()
@@ -293,6 +294,12 @@ cluster = ipcmagic._magics.cluster
 cluster.heartbeat_tolerance = 3.0
 ip.run_line_magic("ipcluster", "start -n 4")
 roster = {i: (row["pid"], row["host"]) for i, row in cluster.roster.items()}
+"""
+
+
+#: in a job of the 2-node lab, the kernel on n1: one engine on n2 stops (SIGSTOP, as a debugger
+#: attached to it would) during a cell, for longer than the heartbeat tolerance
+STALL_ONE_ENGINE_ELSEWHERE = FOUR_ENGINES_ON_TWO_NODES + """
 stalled = roster[3][0]
 threading.Timer(1.0, os.kill, (stalled, signal.SIGSTOP)).start()
 said = io.StringIO()
@@ -329,17 +336,7 @@ def test_one_stalled_engine_elsewhere_loses_that_engine_alone(two_nodes, nothing
 
 #: in a job of the 2-node lab, the kernel on n1: n2's share of the step dies (its slurmstepd, its
 #: engines and their nannies, at once, as in a node failure) while the ranks wait in MPI barriers
-LOSE_A_NODE_IN_A_JOB = """
-import contextlib, io, json, sys, threading, time
-import psutil
-from IPython.core.interactiveshell import InteractiveShell
-import ipcmagic
-ip = InteractiveShell.instance()
-ip.run_line_magic("load_ext", "ipcmagic")
-cluster = ipcmagic._magics.cluster
-cluster.heartbeat_tolerance = 3.0
-ip.run_line_magic("ipcluster", "start -n 4")
-roster = {i: (row["pid"], row["host"]) for i, row in cluster.roster.items()}
+LOSE_A_NODE_IN_A_JOB = FOUR_ENGINES_ON_TWO_NODES + """
 engines = [psutil.Process(row["pid"]) for row in cluster.roster.values() if row["host"] == "n2"]
 share = [*{e.parent() for e in engines}, *engines, *(c for e in engines for c in e.children(recursive=True))]
 died = []

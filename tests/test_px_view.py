@@ -118,7 +118,7 @@ def test_nothing_overtakes(views):
     """What a user sends later arrives later, whichever way either message goes."""
     direct, ours = views
     wrong = []
-    for i in range(1000):
+    for i in range(200):  # each way the issue found a message overtaken failed 5 to 9 tries in 10
         ours.push({"f": lambda x, i=i: x + i}, block=False)
         if ours.map_sync(ipp.Reference("f"), range(6)) != [x + i for x in range(6)]:
             wrong.append(f"{i}: map before push")
@@ -138,7 +138,7 @@ def test_nothing_left_in_the_client(ip, views):
     client = ours.client
     ours.execute("y = 1")
     before = cached(client)
-    for i in range(3000):
+    for i in range(300):  # one cached message per execute or push would show
         ours.execute("y = 1", block=True)
         if i % 3 == 0:
             ours.push({"y": i})
