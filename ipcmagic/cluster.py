@@ -122,12 +122,17 @@ def encrypt(config: Config, profile_dir: str) -> None:
     ``profile_dir`` (never on a command line), and from there into the connection files as ever.
     CurveZMQ is asked for in the controller's environment: a command-line option would be read
     before that file, and turn signing off."""
-    controller = config.LocalControllerLauncher
-    controller.environment = {**controller.get("environment", {}), "IPP_ENABLE_CURVE": "1"}
+    add_controller_env(config, {"IPP_ENABLE_CURVE": "1"})
     path = os.path.join(profile_dir, "ipcontroller_config.py")  # bytes: JSON has none
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(f"c.Session.key = {secrets.token_hex(32).encode()!r}\n")
+
+
+def add_controller_env(config: Config, env: dict[str, str]) -> None:
+    """``env`` in the environment of the controller that ``config`` starts."""
+    controller = config.LocalControllerLauncher
+    controller.environment = {**controller.get("environment", {}), **env}
 
 
 def require_command(command: str) -> None:
@@ -446,9 +451,7 @@ class IPCluster(LoggingConfigurable):
         from .daskcluster import cluster_security, scheduler_env
 
         security = cluster_security()
-        controller = config.LocalControllerLauncher
-        env = scheduler_env(security, directory)
-        controller.environment = {**controller.get("environment", {}), **env}
+        add_controller_env(config, scheduler_env(security, directory))
         return security
 
     def _activate_px(self) -> None:

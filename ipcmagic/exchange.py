@@ -75,7 +75,8 @@ class Exchange:
             try:
                 sock, _ = self._server.accept()
             except OSError:  # shut down by close(), or out of file descriptors for a moment
-                time.sleep(0.05)
+                if not self._closing:
+                    time.sleep(0.05)
                 continue
             with self._lock:
                 if len(self._unproven) >= MAX_UNPROVEN:

@@ -150,8 +150,9 @@ class Follower:
                 return
             self._learn_so_far()
             lost = [i for i in self.let_go if i not in self.fates]
-            answering = set(self.client.ids) - self.let_go
-            for i in [i for i in lost if self._node_answers(i, answering)]:
+            registered = (set(self.client.ids) - self.let_go) & self.roster.keys()
+            answering = {self.roster[i]["host"] for i in registered if i not in self.fates}
+            for i in [i for i in lost if self.roster[i]["host"] in answering]:
                 lost.remove(i)
                 self.fates[i] = (UNREPORTED - 2, STALLED_ELSEWHERE.format(host=self.roster[i]["host"]))
             if not lost:
@@ -162,12 +163,6 @@ class Follower:
         for launcher in self.launchers:
             launcher.signal(signal.SIGTERM)
         self._tell(others)
-
-    def _node_answers(self, engine: int, answering: set[int]) -> bool:
-        """Whether an engine of ``engine``'s node other than it is registered and has no fate."""
-        host = self.roster[engine]["host"]
-        others = answering & self.roster.keys()
-        return any(self.roster[i]["host"] == host and i not in self.fates for i in others)
 
     def ended(self, launcher: Any, stop_data: dict[str, Any] | None) -> None:
         """A launcher's process exited (in ipyparallel's event loop thread): every engine it ran

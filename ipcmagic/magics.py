@@ -328,7 +328,7 @@ class IPClusterMagics(Magics):
         "step with MASTER_ADDR/PORT, RANK, LOCAL_RANK, WORLD_SIZE; auto: srun in an allocation.",
     )
     @argument("--timeout", type=_positive_seconds, help="Stop every rank after this many seconds.")
-    @argument("--port", type=_port, help="MASTER_PORT for srun (default: a free port).")
+    @argument("--port", type=_port, help="MASTER_PORT (default: a free port).")
     @argument("--environment", default="", help="srun --environment (container EDF file).")
     @argument("--container-workdir", default="", help="srun --container-workdir.")
     @argument("--python", help="Interpreter of the ranks (default: this kernel's; set it in containers).")

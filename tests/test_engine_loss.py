@@ -297,6 +297,16 @@ roster = {i: (row["pid"], row["host"]) for i, row in cluster.roster.items()}
 """
 
 
+def seen_on_two_nodes(script: str, name: str, env: dict[str, str]) -> dict[str, Any]:
+    """What a kernel script that starts with FOUR_ENGINES_ON_TWO_NODES printed last (JSON), its
+    ``roster`` keyed by engine id; it ran in job ``name`` of the 2-node lab, 2 engines per node."""
+    out = run_in_job(["-N", "2", "--ntasks-per-node=2", "-J", name], ["-N", "1", "-n", "1"], script, env)
+    seen = json.loads(out.splitlines()[-1])
+    seen["roster"] = {int(i): row for i, row in seen["roster"].items()}
+    assert [host for _, host in seen["roster"].values()] == ["n1", "n1", "n2", "n2"]
+    return seen
+
+
 #: in a job of the 2-node lab, the kernel on n1: one engine on n2 stops (SIGSTOP, as a debugger
 #: attached to it would) during a cell, for longer than the heartbeat tolerance
 STALL_ONE_ENGINE_ELSEWHERE = FOUR_ENGINES_ON_TWO_NODES + """
@@ -318,15 +328,8 @@ def test_one_stalled_engine_elsewhere_loses_that_engine_alone(two_nodes, nothing
     """A debugger on one engine of the other node for longer than the heartbeat tolerance ended
     the whole srun step (every engine's variables gone), as if the node had been lost; its other
     engine kept answering, and so the node was fine."""
-    out = run_in_job(
-        ["-N", "2", "--ntasks-per-node=2", "-J", "ipcmagic-stall"],
-        ["-N", "1", "-n", "1"],
-        STALL_ONE_ENGINE_ELSEWHERE,
-        two_nodes,
-    )
-    seen = json.loads(out.splitlines()[-1])
-    roster = seen["roster"] = {int(i): row for i, row in seen["roster"].items()}
-    assert [host for _, host in roster.values()] == ["n1", "n1", "n2", "n2"]
+    seen = seen_on_two_nodes(STALL_ONE_ENGINE_ELSEWHERE, "ipcmagic-stall", two_nodes)
+    roster = seen["roster"]
     assert seen["failed"] != "NoneType"
     stalled = f"{engines(seen, [3])} stopped answering heartbeats while the others on n2 answered"
     assert stalled in seen["said"], seen["said"]
@@ -363,15 +366,7 @@ print(json.dumps({"failed": type(failed).__name__, "after": after, "said": said.
 def test_a_node_lost_mid_cell_fails_it_and_the_rest_goes_on(two_nodes, nothing_left):
     """Issue 16: the ranks on n1 waited for n2's in MPI forever; now the step is stopped as Slurm
     stops one that loses a node, and the cell fails within the heartbeat tolerance (3 s here)."""
-    out = run_in_job(
-        ["-N", "2", "--ntasks-per-node=2", "-J", "ipcmagic-node-loss"],
-        ["-N", "1", "-n", "1"],
-        LOSE_A_NODE_IN_A_JOB,
-        two_nodes,
-    )
-    seen = json.loads(out.splitlines()[-1])
-    seen["roster"] = {int(i): row for i, row in seen["roster"].items()}
-    assert [host for _, host in seen["roster"].values()] == ["n1", "n1", "n2", "n2"]
+    seen = seen_on_two_nodes(LOSE_A_NODE_IN_A_JOB, "ipcmagic-node-loss", two_nodes)
     assert seen["failed"] == "AlreadyDisplayedError"
     assert seen["after"] <= 3.0 + FAILS_WITHIN, f"the cell failed {seen['after']:.1f} s after the node"
     assert seen["said"] == (
