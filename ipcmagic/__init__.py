@@ -42,6 +42,7 @@ def client() -> Any:
     """The ``ipyparallel.Client`` of this kernel's running cluster (its ``.cluster`` is the Cluster)."""
     if _magics is None or not _magics.cluster.running:
         raise RuntimeError("No cluster is running; start one with %ipcluster start.")
+    _magics.cluster.settle()  # a restart after a failed cell
     return _magics.cluster.client
 
 

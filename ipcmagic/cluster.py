@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -12,9 +13,11 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -348,8 +351,27 @@ class IPCluster(LoggingConfigurable):
         "cell and its output, and wedge the client with a few bytes.",
     )
 
+    fail_fast = Bool(
+        True,
+        config=True,
+        help="A %%px cell (or a blocking execute of ipcmagic.view()) fails as soon as one engine "
+        "fails while others still run: they are interrupted, and restarted if stuck (ranks waiting "
+        "in MPI for the failed one). False: ipyparallel's behaviour, the cell waits for all.",
+    )
+
+    restart_lost_engines = Integer(
+        0,
+        config=True,
+        help="Restart all engines at once when engines died (out of memory, a crash) or froze, after "
+        "the cell that found them lost, at most this many times an hour (a crash loop stops there); "
+        "0: never, %%ipcluster restart does it.",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.auto_restarts: list[float] = []  # when restart_lost_engines restarted the engines
+        self.restarting: tuple[float, float] | None = None  # a restart's deadline and timeout
+        self._settling = threading.RLock()
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
         self.view = None  # what %px runs on (ipcmagic.pxview)
@@ -437,7 +459,7 @@ class IPCluster(LoggingConfigurable):
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted(INTERRUPTED_START) from None
             raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
-        guard_targets(self.client, self.lost_engines, self.step)
+        guard_targets(self.client, self.lost_engines, self.step, self.settle)
         self._activate_px()
         self._take_roster()
         if plan.dask:
@@ -455,17 +477,27 @@ class IPCluster(LoggingConfigurable):
         return security
 
     def _activate_px(self) -> None:
-        """``%px``, ``%%px``, ``%autopx`` and ``%pxresult`` on every engine (again after a restart,
-        which may give engines new ids)."""
+        """``%px``, ``%%px``, ``%autopx`` and ``%pxresult`` on every engine."""
         from .pxview import px_view
 
-        self.view = px_view(self.client)
+        self.view = px_view(self.client, self.settle, self._end_the_rest)
+        self.view.fail_fast = self.fail_fast
         shell = get_ipython()
         if shell is not None:
-            from .magics import forget_px_magics
-
-            forget_px_magics(shell, self.client)  # of an earlier activation
             self.view.activate()
+
+    def _end_the_rest(self, result: Any, failed: int, lost: bool) -> str | None:
+        """Engine ``failed`` failed (or was ``lost``) while others ran ``result``
+        (:mod:`ipcmagic.failfast`): end them (:func:`ipcmagic.halting.halt`); the line that says
+        so, None where they all ended by themselves."""
+        from .halting import GRACE, ended_message, halt, running
+
+        others = running(result)
+        stuck = halt(self, result, GRACE)
+        gone = {row["id"] for row in self.lost_engines()}
+        rows = {i: self.roster.get(i) or _row(i, "gone") for i in (failed, *others)}
+        ended = [rows[i] for i in others if i not in gone or i in stuck]
+        return ended_message(rows[failed], lost, ended, stuck, self.plan.n, GRACE)
 
     def _start_dask(self, timeout: float) -> None:
         from .daskcluster import start_dask
@@ -551,6 +583,7 @@ class IPCluster(LoggingConfigurable):
         if cluster is None:
             return
         self.cluster = self.client = self.view = self.watchdog = self.dask_client = self.dask_security = None
+        self.restarting = None
         if self.follower is not None:
             self.follower.forget()
         self.follower, self.roster = None, {}
@@ -562,14 +595,18 @@ class IPCluster(LoggingConfigurable):
                 from .magics import deactivate_px
 
                 deactivate_px(get_ipython(), client)
-        for engines in cluster.engines.values():
-            if hasattr(engines, "end_engines"):  # srun's: they end while the controller stops
-                engines.end_engines()
+        self._end_engines(signal.SIGTERM, cluster)  # srun's end while the controller stops
         try:
             cluster.stop_cluster_sync()
         finally:
             cluster.close_loop()
             watchdog.release()  # and whatever ipyparallel's stop missed, with the cluster's files
+
+    def _end_engines(self, sig: int, cluster: Any = None) -> None:
+        """``sig`` to the engines of srun launchers at once (the others end as ipyparallel stops them)."""
+        for engines in (cluster or self.cluster).engines.values():
+            if hasattr(engines, "end_engines"):
+                engines.end_engines(sig)
 
     def shutdown(self) -> None:
         """Stop quietly at interpreter exit."""
@@ -578,22 +615,43 @@ class IPCluster(LoggingConfigurable):
         except Exception as e:  # exit must go on; say what was left
             print(f"ipcmagic: stopping the cluster at exit failed: {e}", file=sys.stderr)
 
-    def restart(self, timeout: int | None = None) -> None:
-        """Start the engines anew (controller and client stay); return when all are registered."""
+    def restart(self, timeout: int | None = None, wait: bool = True, kill: bool = False) -> None:
+        """Start the engines anew (controller, client and ``%px``'s view stay); return when all are
+        registered, or with ``wait=False`` once they are launched: the cluster's next use waits for
+        them (:meth:`settle`). ``kill``: the engines are stuck, SIGKILL them instead of SIGTERM."""
         if not self.running:
             raise UsageError("No cluster is running; start one with %ipcluster start.")
+        self.settle()
         if not self.controller_alive():
             raise UsageError("The controller has died; run %ipcluster stop, then %ipcluster start.")
         try:
-            self._restart_engines(timeout or self.timeout)
+            self._launch_engines_anew(timeout or self.timeout, kill)
         except KeyboardInterrupt:
             self.stop()  # half the engines of a restart are no cluster to go on with
             raise Interrupted(INTERRUPTED_RESTART) from None
+        if wait:
+            self.settle(progress=True)
 
-    def _restart_engines(self, timeout: float) -> None:
+    def restart_lost(self) -> str:
+        """After engines were lost: begin a restart where ``restart_lost_engines`` allows; what
+        becomes of the engines, said after how they were lost."""
+        hour_ago = time.monotonic() - 3600
+        self.auto_restarts = [t for t in self.auto_restarts if t > hour_ago]
+        most, done = self.restart_lost_engines, len(self.auto_restarts)
+        if most and done < most:
+            self.auto_restarts.append(time.monotonic())
+            self.restart(wait=False)
+        return restart_lost_message(self.plan.n, most, done)
+
+    def _launch_engines_anew(self, timeout: float, kill: bool) -> None:
         stopped = list(self.client.ids)
         self.follower.forget()
         self.follower = None
+        if kill:  # stuck in C code: SIGKILL those here at once (mpirun's stop sends SIGTERM first)
+            for pid in [row["pid"] for row in self.roster.values() if on_this_node(row)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._end_engines(signal.SIGKILL if kill else signal.SIGTERM)
         self.cluster.stop_engines_sync()
         try:  # as each engine's nanny would, had it outlived its engine: the controller forgets
             # them now instead of after heartbeat_tolerance
@@ -606,15 +664,33 @@ class IPCluster(LoggingConfigurable):
                 raise ClusterError("The stopped engines did not unregister; run %ipcluster stop.")
             time.sleep(0.05)
         self.cluster.start_engines_sync(self.plan.n)
-        self.client.wait_for_engines(self.plan.n, timeout=timeout)
-        self.started_at = time.monotonic()
-        self._activate_px()
-        self._take_roster()
-        if self.dask_client is not None:
-            from .daskcluster import add_workers
+        self.restarting = (deadline, timeout)
 
-            host = self.cluster.controller_ip
-            add_workers(self.client, self.dask_client, host, self.plan.cpus, timeout, self.dask_security)
+    def settle(self, progress: bool = False) -> None:
+        """Finish a restart: wait for the new engines to register (showing ``progress``), then take
+        them as a start does. Everything that uses the engines calls it first (``%px``'s view,
+        every view's send)."""
+        with self._settling:
+            if self.restarting is None:
+                return
+            (deadline, timeout), self.restarting = self.restarting, None
+            try:
+                left, interactive = max(0.0, deadline - time.monotonic()), None if progress else False
+                self.client.wait_for_engines(self.plan.n, timeout=left, interactive=interactive)
+            except BaseException as e:
+                output, ready = self._launcher_output(), len(self.client.ids)
+                self.stop()
+                if isinstance(e, KeyboardInterrupt):
+                    raise Interrupted(INTERRUPTED_RESTART) from None
+                raise ClusterError(_start_failure(self.plan, e, output, ready, timeout)) from None
+            self.started_at = time.monotonic()
+            self.view.targets = list(self.client.ids)
+            self._take_roster()
+            if self.dask_client is not None:
+                from .daskcluster import add_workers
+
+                host = self.cluster.controller_ip
+                add_workers(self.client, self.dask_client, host, self.plan.cpus, timeout, self.dask_security)
 
     def _take_roster(self) -> None:
         """Record the engines as started and hand out the planned GPUs; stop and raise if the
@@ -681,6 +757,7 @@ class IPCluster(LoggingConfigurable):
         that did not let it answer within ``timeout``, gone) and what :func:`_engine_info` reports."""
         if self.client is None:
             return []
+        self.settle()
         asked = {i: self.client[i].apply_async(_engine_info) for i in self.client.ids}
         deadline = time.monotonic() + timeout
         for reply in asked.values():
@@ -694,6 +771,21 @@ class IPCluster(LoggingConfigurable):
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
+
+
+def restart_lost_message(n: int, most: int, done: int) -> str:
+    """What becomes of lost engines, ``done`` of ``most`` automatic restarts made this hour."""
+    if not most:
+        return "%ipcluster restart starts all engines anew."
+    if done >= most:
+        return (
+            f"They were not restarted: {done} automatic restarts in the last hour is "
+            "c.IPCluster.restart_lost_engines's limit; %ipcluster restart starts all engines anew."
+        )
+    return (
+        f"All {n} engines are being restarted (automatic restart {done + 1} of {most} this hour, "
+        "c.IPCluster.restart_lost_engines): their variables are gone."
+    )
 
 
 #: what :func:`_engine_info` reports

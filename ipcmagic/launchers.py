@@ -137,11 +137,12 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
 
     _ending: bool | None = None  # whether the engines got SIGTERM for a stop; None: not yet sent
 
-    def end_engines(self) -> None:
-        """SIGTERM to the engines, once; ipcmagic sends it first at a stop, since ipyparallel
-        stops the controller before the engines (its launchers' ``join`` blocks the event loop)."""
+    def end_engines(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM (or ``sig``) to the engines, once; ipcmagic sends it first at a stop, since
+        ipyparallel stops the controller before the engines (its launchers' ``join`` blocks the
+        event loop). SIGKILL ends engines stuck in C code, which would not run their exit handlers."""
         if self._ending is None:
-            self._ending = self.state == "running" and self._signal_engines()
+            self._ending = self.state == "running" and self._signal_engines(sig)
 
     async def stop(self) -> None:
         """SIGTERM to the engines, then ipyparallel's stop of srun once they are gone.
@@ -156,15 +157,16 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
                 await self.join(timeout=self.exit_grace)
         await super().stop()
 
-    def _signal_engines(self) -> bool:
-        """SIGTERM to every engine, those on this node at once, the others through Slurm (which
+    def _signal_engines(self, sig: int) -> bool:
+        """``sig`` to every engine, those on this node at once, the others through Slurm (which
         may not answer); whether all of them got it."""
         for pid in self.pids_here:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
         if len(self.pids_here) == self.n:
             return True
-        return bool(self.step_id) and scancel("--signal=TERM", self.step_id, timeout=2)
+        name = signal.Signals(sig).name.removeprefix("SIG")
+        return bool(self.step_id) and scancel(f"--signal={name}", self.step_id, timeout=2)
 
     def find_args(self) -> list[str]:
         options = ["-n", str(self.n), f"--cpus-per-task={self.cpus_per_engine}"]

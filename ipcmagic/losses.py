@@ -254,10 +254,12 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def guard_targets(client: Any, lost: Callable[[], list[dict[str, Any]]], step: str | None) -> None:
-    """Work sent to engines that are gone raises :class:`EnginesLost` saying which and how, where
-    ipyparallel raises a bare ``KeyError: 1`` (an activated ``%px`` view keeps the ids it was made
-    with) or ``NoEnginesRegistered``.
+def guard_targets(
+    client: Any, lost: Callable[[], list[dict[str, Any]]], step: str | None, settle: Callable[[], None]
+) -> None:
+    """Work sent to engines waits for a restart begun (``settle``), and to engines that are gone
+    raises :class:`EnginesLost` saying which and how, where ipyparallel raises a bare ``KeyError:
+    1`` (a view keeps the ids it was made with) or ``NoEnginesRegistered``.
 
     Reaches into ``Client._build_targets``, through which every view sends; if ipyparallel no
     longer has it, its own errors stay.
@@ -269,6 +271,7 @@ def guard_targets(client: Any, lost: Callable[[], list[dict[str, Any]]], step: s
         return
 
     def _build_targets(targets: Any) -> Any:
+        settle()
         try:
             return build(targets)
         except (KeyError, NoEnginesRegistered):

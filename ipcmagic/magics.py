@@ -16,7 +16,7 @@ from IPython.display import display
 from . import __version__
 from .bounded import run_bounded
 from .cluster import LAUNCHERS, IPCluster
-from .losses import EnginesLost, lost_engines_message
+from .losses import EnginesLost, describe_loss
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
@@ -155,12 +155,20 @@ class IPClusterMagics(Magics):
         self.torchrun_defaults = Torchrun(parent=self)
 
     def report_lost_engines(self, result) -> None:
-        """After a failed cell, say which engines ended and how (ipyparallel only says "N errors")."""
-        if result.error_in_exec is None or isinstance(result.error_in_exec, EnginesLost):
+        """After a failed cell, say which engines ended and how (ipyparallel only says "N errors"),
+        and what becomes of them (``c.IPCluster.restart_lost_engines``)."""
+        if result.error_in_exec is None or not self.cluster.running:
             return
-        lost = self.cluster.lost_engines() if self.cluster.running else []
-        if lost:
-            print(f"ipcmagic: {lost_engines_message(lost, self.cluster.step)}", file=sys.stderr)
+        lost = self.cluster.lost_engines()
+        if not lost:
+            return
+        if not isinstance(result.error_in_exec, EnginesLost):  # which says how they ended
+            how = describe_loss(lost, self.cluster.step)
+            print(f"ipcmagic: {how}. {self.cluster.restart_lost()}", file=sys.stderr)
+        elif self.cluster.restart_lost_engines:
+            then = self.cluster.restart_lost()
+            if self.cluster.restarting:  # else the error said what to do
+                print(f"ipcmagic: {then}", file=sys.stderr)
 
     @magic_arguments()
     @argument("action", nargs="?", choices=("start", "stop", "status", "restart"), help="What to do.")

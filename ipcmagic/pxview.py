@@ -16,6 +16,7 @@ sent (issue 29).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -23,6 +24,7 @@ from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.client.futures import multi_future
 from ipyparallel.client.view import BroadcastView, DirectView
 
+from .failfast import FailFastResult, fail_fast_fits
 from .internals import fits
 
 #: the client's per-message caches, which ipyparallel empties when a DirectView's reply arrives
@@ -30,17 +32,24 @@ CACHES = ("results", "_futures", "_output_futures", "metadata")
 
 
 class PxView(DirectView):
-    """A DirectView whose blocking push to several idle engines goes out once."""
+    """A DirectView whose blocking push to several idle engines goes out once, and whose execute on
+    several engines fails fast (:mod:`ipcmagic.failfast`) while ``fail_fast`` holds."""
 
     _interrupted: AsyncResult | None = None
+    #: whether an execute ends when one engine fails while others run (False: wait for all)
+    fail_fast = True
+    #: what ends the others then, and says what became of them (the cluster's)
+    on_failure: Callable[[AsyncResult, int, bool], str | None] | None = None
+    #: called before anything is sent: finishes a restart of the engines begun after a failure
+    settle: Callable[[], None] | None = None
 
     def push(
         self, ns: dict, targets: Any = None, block: bool | None = None, track: bool | None = None
     ) -> Any:
+        self._settle()
         block = self.block if block is None else block
         track = self.track if track is None else track
         targets = self.targets if targets is None else targets
-        # an interrupted broadcast still in flight is outstanding: that push goes as DirectView's
         if isinstance(ns, dict) and block and not track and self._broadcasts_to(targets):
             return self._broadcast_push(ns, targets)
         return super().push(ns, targets=targets, block=block, track=track)
@@ -49,9 +58,26 @@ class PxView(DirectView):
         self._settle()
         return super()._really_apply(*args, **kwargs)
 
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
+    def execute(
+        self,
+        code: str,
+        silent: bool = True,
+        targets: Any = None,
+        block: bool | None = None,
+        label: Any = None,
+    ) -> Any:
         self._settle()
-        return super().execute(*args, **kwargs)
+        block = self.block if block is None else block
+        result = super().execute(code, silent=silent, targets=targets, block=False, label=label)
+        if self.fail_fast and self.on_failure and len(result) > 1 and fail_fast_fits():
+            result = FailFastResult(result, self.on_failure)
+        if block:  # as DirectView's
+            try:
+                result.get()
+                result.wait_for_output()
+            except KeyboardInterrupt:
+                pass
+        return result
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
         self._settle()
@@ -91,7 +117,10 @@ class PxView(DirectView):
             self._sync_results()
 
     def _settle(self) -> None:
-        """Wait for an interrupted broadcast, so that no later message overtakes it."""
+        """Wait for a restart of the engines, and for an interrupted broadcast, so that no later
+        message overtakes it."""
+        if self.settle is not None:
+            self.settle()
         if self._interrupted is not None:
             self._interrupted.wait()
             self._interrupted = None
@@ -114,8 +143,11 @@ def broadcast_fits(client: Any) -> bool:
     )
 
 
-def px_view(client: Any) -> PxView:
-    """A blocking :class:`PxView` of every engine of ``client``."""
+def px_view(
+    client: Any, settle: Callable[[], None] | None = None, on_failure: Callable | None = None
+) -> PxView:
+    """A blocking :class:`PxView` of every engine of ``client``; ``settle`` and ``on_failure`` as
+    the view's attributes say."""
     view = PxView(client=client, socket=client._mux_stream, targets=client.ids)
-    view.block = True
+    view.block, view.settle, view.on_failure = True, settle, on_failure
     return view

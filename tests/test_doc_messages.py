@@ -13,7 +13,7 @@ import re
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic import bounded, cluster, losses, torchrun
+from ipcmagic import cluster, halting, losses, torchrun
 from ipcmagic.cluster import EnginePlan, plan_engines, require_command
 from ipcmagic.exits import Ended
 from ipcmagic.gpus import gpu_sets
@@ -75,6 +75,7 @@ def messages(monkeypatch) -> dict[str, str]:
     plan = EnginePlan("srun", 4)
     rows = [{"rank": None, "size": 1}] * 4
     step = [ROW, *OTHERS]
+    four = [{**ROW, "id": i, "rank": i, "pid": 4241 + i} for i in range(4)]
     return {
         "rank 1 exited": "TorchrunError: "
         + torchrun._failure(
@@ -90,7 +91,10 @@ def messages(monkeypatch) -> dict[str, str]:
         "lost engine": f"ipcmagic: {losses.lost_engines_message(step, 'srun')}",
         "engines lost": f"EnginesLost: {losses.lost_engines_message(step, 'srun')}",
         "node lost": f"ipcmagic: {losses.describe_loss(node_lost(), 'srun')}.",
-        "pxtimeout restarted": f"EnginesLost: {losses.describe_loss(step, 'srun')}; {bounded.restarted(3)}",
+        "failed fast": halting.ended_message(ROW, False, four[:1] + four[2:], [0, 2, 3], 4, 1.0),
+        "lost, the others ended": halting.ended_message(ROW, True, OTHERS, [], 3, 1.0),
+        "restarted by itself": f"ipcmagic: {losses.describe_loss(step, 'srun')}. "
+        + cluster.restart_lost_message(4, 3, 0),
         "not on PATH": usage_error(require_command, "srun"),
         "already running": f"UsageError: {cluster.already_running(plan)}",
         "start interrupted": f"KeyboardInterrupt: {cluster.INTERRUPTED_START}",
@@ -124,8 +128,13 @@ CASES = {
     "with the srun step.": "node lost",
     "EnginesLost: engine 1 (MPI rank 1, ...) exited with code 3; ... %ipcluster restart starts all engines "
     "anew.": "engines lost",
-    "EnginesLost: engine 1 (MPI rank 1, pid 4242 on nid001) exited with code 3; ... all 3 engines were "
-    "restarted, so their variables are gone.": "pxtimeout restarted",
+    "ipcmagic: engine 1 (MPI rank 1, pid 4242 on nid001) failed while engines 0, 2, 3 still ran; they did "
+    "not stop on SIGINT within 1 s (ranks waiting in MPI for a failed rank never return), so all 4 engines "
+    "are being restarted: their variables are gone.": "failed fast",
+    "ipcmagic: engines 0, 2 still ran after engine 1 was lost; they were interrupted (KeyboardInterrupt) and "
+    "keep their variables.": "lost, the others ended",
+    "ipcmagic: engine 1 ... with SIGKILL. All 4 engines are being restarted (automatic restart 1 of 3 this "
+    "hour, c.IPCluster.restart_lost_engines): their variables are gone.": "restarted by itself",
     "UsageError: srun is not on PATH; load it ...": "not on PATH",
     "UsageError: A cluster with N ... engines is already running; stop it first": "already running",
     "KeyboardInterrupt: %ipcluster start interrupted; everything started was stopped.": "start interrupted",

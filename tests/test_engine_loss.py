@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ipyparallel.error import CompositeError
 
 import ipcmagic
-from ipcmagic.bounded import ParallelTimeout
+from ipcmagic.failfast import FailedFast
 from ipcmagic.losses import EnginesLost
 from tests.conftest import run_in_job
 
@@ -181,31 +182,64 @@ def assert_full_cluster(ip, n: int) -> None:
     assert ipcmagic.client()[:]["x"] == [1] * n
 
 
-def test_pxtimeout_makes_the_cluster_whole_when_a_rank_dies(ip, in_allocation):
-    """It failed after its timeout with a bare KeyError: 1, and every later %%px too (issue 21);
-    now it fails as soon as the step ended, and restarts the engines."""
+def test_pxtimeout_fails_as_px_when_a_rank_dies(ip, in_allocation):
+    """It failed after its timeout with a bare KeyError: 1 (issue 21); now at once, as %%px."""
     ip.run_line_magic("ipcluster", "start -n 3")
     tic = time.monotonic()
-    with pytest.raises(
-        EnginesLost, match=r"^engine 1 .* exited with code 3; .* all 3 engines were restarted"
-    ):
+    with pytest.raises(CompositeError, match="died while running task"):
         ip.run_cell_magic("pxtimeout", "60", RANK_1_EXITS)
     assert time.monotonic() - tic < 10
+    ip.run_line_magic("ipcluster", "restart")
     assert_full_cluster(ip, 3)
     ip.run_line_magic("ipcluster", "stop")
 
 
-def test_pxtimeout_interrupts_the_survivors_of_a_lost_local_engine(ip, outside_slurm):
+def test_a_lost_engine_fails_the_cell_at_once_and_the_others_keep_their_variables(ip, outside_slurm):
+    """Issue 37 item 3: one local engine exits while the others sleep for a minute; the cell ran
+    until they woke up."""
     ip.run_line_magic("ipcluster", "start -n 3 --launcher local")
     ip.run_cell_magic("px", "", "import os\nx = os.getpid()")
     lost = ipcmagic.client()[1]["x"]
     cell = f"import os, time\nif os.getpid() == {lost}:\n    os._exit(3)\ntime.sleep(60)"
+    tic = time.monotonic()
     with pytest.raises(
-        ParallelTimeout, match=rf"engine 1 \(pid {lost} on \S+\) exited with code 3; all 3 engines"
+        FailedFast, match=r"engines 0, 2 still ran after engine 1 was lost; they were interrupted"
     ):
-        ip.run_cell_magic("pxtimeout", "3", cell)
-    assert_full_cluster(ip, 3)
+        ipcmagic.view().execute(cell)
+    assert time.monotonic() - tic < 1 + FAILS_WITHIN, "the death, then at most 2 s"
+    kept = ipcmagic.client()[[0, 2]]
+    assert kept["x"] == kept.apply_sync(os.getpid), "the same processes, with their variables"
     ip.run_line_magic("ipcluster", "stop")
+
+
+def test_lost_engines_come_back_by_themselves_a_bounded_number_of_times(ip, in_allocation):
+    """``c.IPCluster.restart_lost_engines`` (ipyparallel#706): each loss restarts the engines at
+    once with a line saying so, until the hour's limit stops a crash loop."""
+    cluster = ipcmagic._magics.cluster
+    cluster.restart_lost_engines = 2
+    try:
+        ip.run_line_magic("ipcluster", "start -n 3")
+        said = []
+        for _ in range(3):
+            with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+                assert ip.run_cell("%%px\n" + dying_cell(1, DEATHS["sigkill"], "/dev/null")).error_in_exec
+                ran = ip.run_cell("%%px\nfrom mpi4py import MPI\nworld = MPI.COMM_WORLD.allreduce(1)")
+            said.append(err.getvalue().strip().splitlines()[-1])
+            if ran.error_in_exec is None:
+                assert ipcmagic.client()[:]["world"] == [3, 3, 3]
+        for k in (1, 2):
+            assert said[k - 1].endswith(
+                f"with SIGKILL. All 3 engines are being restarted (automatic restart {k} of 2 this hour, "
+                "c.IPCluster.restart_lost_engines): their variables are gone."
+            ), said
+        assert said[2].endswith(
+            "They were not restarted: 2 automatic restarts in the last hour is "
+            "c.IPCluster.restart_lost_engines's limit; %ipcluster restart starts all engines anew."
+        ), said
+        assert isinstance(ran.error_in_exec, EnginesLost), "the third time they stay lost"
+    finally:
+        cluster.restart_lost_engines = 0
+        ip.run_line_magic("ipcluster", "stop")
 
 
 #: what a C or Fortran library may print: a byte that is no UTF-8

@@ -168,3 +168,23 @@ def test_a_client_whose_registration_callbacks_changed(ip, outside_slurm, monkey
     assert ipcmagic._magics.cluster.follower.client is None
     assert "Client._registration_callbacks: it is no list; the stock behaviour stays" in caplog.text
     ip.run_line_magic("ipcluster", "stop")
+
+
+def test_an_async_result_whose_streaming_changed(ip, outside_slurm, monkeypatch, caplog):
+    """No fail-fast: a failing cell waits for every engine, as ipyparallel's does."""
+    from ipyparallel.client.asyncresult import AsyncResult
+    from ipyparallel.error import CompositeError
+
+    from ipcmagic.failfast import FailedFast
+
+    monkeypatch.setattr(AsyncResult, "_iopub_streaming_output_callback", lambda self, eid, msg: None)
+    monkeypatch.setattr(internals, "_said", set())
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+        assert_px_works(ip)
+        cell = "import os\nif os.getpid() == {}:\n    raise KeyError(2)\n__import__('time').sleep(1)"
+        with pytest.raises(CompositeError) as failed:
+            ipcmagic.view().execute(cell.format(ipcmagic.client()[1].apply_sync(__import__("os").getpid)))
+    assert not isinstance(failed.value, FailedFast)
+    said = "AsyncResult internals: its streaming callback or exception collection changed; the stock"
+    assert said in caplog.text
+    ip.run_line_magic("ipcluster", "stop")

@@ -1,0 +1,139 @@
+"""A parallel execute that ends when one of its engines fails while the others still run.
+
+One rank raises, the others wait for it in an MPI call, and ipyparallel's ``%%px`` waits for all of
+them forever (ipyparallel#435). Here the wait of a ``%px`` cell, an ``%autopx`` cell or a blocking
+``ipcmagic.view().execute`` watches each engine's reply: when one is an error and the others are
+still running :data:`SETTLE` seconds later, the view's ``on_failure`` ends them (the cluster
+interrupts them, and restarts them if they are stuck) and the execute fails with that engine's
+error first, and one line on the others. Where the others finish by themselves within
+:data:`SETTLE`, nothing differs from ipyparallel's DirectView.
+
+An engine that was lost (it died, or was let go by the heartbeats) is first left to the launcher:
+srun or mpirun usually end the whole step within about a second, and :mod:`ipcmagic.losses` says
+how. Only engines still running :data:`LOSS_SETTLE` seconds after a loss are ended here.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ipyparallel.client.asyncresult import AsyncResult
+from ipyparallel.error import CompositeError
+
+from .halting import running
+from .internals import fits, parameters
+
+#: seconds the other engines have to finish after one failed, before they count as still running
+SETTLE = 0.25
+#: the same after one was lost: srun ends a step about 1.1 s after one of its tasks died
+LOSS_SETTLE = 1.5
+#: how ipyparallel's client fails the work of an engine that unregistered
+LOST = "EngineError"
+
+
+class FailedFast(CompositeError):
+    """One engine's error ended a parallel execute while others ran; ``elist`` holds that error,
+    the message says what became of the others."""
+
+    def render_traceback(self, excid: int | None = None) -> list[str]:
+        return [*super().render_traceback(excid), *([self.msg] if self.msg else [])]
+
+
+class FailFastResult(AsyncResult):
+    """The AsyncResult of an execute on several engines whose :meth:`wait` ends the others when
+    one fails: ``on_failure(result, failed_engine_id, lost)`` ends them and returns the line on
+    them (None: they had ended by themselves)."""
+
+    def __init__(self, result: AsyncResult, on_failure: Callable[[AsyncResult, int, bool], str | None]):
+        self._failed: tuple[int, float, bool] | None = None  # the first failed engine's index, when
+        # its others count as still running, and whether it was lost
+        self._note: str | None = None  # what on_failure said: the execute has failed fast
+        self._alarm = threading.Event()  # an engine failed, or all finished
+        self._on_failure = on_failure
+        self._error: FailedFast | None = None
+        self._streaming = False
+        super().__init__(result._client, list(result._children), result._fname, result._targets, owner=True)
+        for index, child in enumerate(self._children):
+            child.add_done_callback(lambda child, index=index: self._child_done(index, child))
+        self.add_done_callback(lambda _: self._alarm.set())
+
+    def _child_done(self, index: int, child: Any) -> None:
+        """An engine replied (in the client's thread): note the first that failed."""
+        error = child.result()
+        if self._failed is None and isinstance(error, Exception):
+            lost = getattr(error, "ename", None) == LOST
+            self._failed = (index, time.monotonic() + (LOSS_SETTLE if lost else SETTLE), lost)
+            self._alarm.set()
+
+    def wait(self, timeout: float | None = -1, return_when: Any = None) -> Any:
+        if return_when is not None or self._note is not None:
+            return super().wait(timeout, return_when)
+        end = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while True:
+            self._alarm.clear()  # before looking: an alarm from now on wakes the wait below
+            if self._ready:
+                break
+            left = None if end is None else end - time.monotonic()
+            if self._failed is not None:
+                settled = self._failed[1] - time.monotonic()
+                if settled <= 0:
+                    self._fail_fast(self._failed[0], self._failed[2])
+                    return super().wait(-1 if end is None else max(0.0, end - time.monotonic()))
+                left = settled if left is None else min(left, settled)
+            if left is not None and left <= 0:
+                break
+            self._alarm.wait(left)
+        return super().wait(0)
+
+    def _fail_fast(self, index: int, lost: bool) -> None:
+        """End the engines still running, say so, and fail with engine ``index``'s error."""
+        self._quiet = set(running(self))
+        self._note = ""  # from now on the errors are collected as this one's (in the client's thread)
+        self._note = self._on_failure(self, self._targets[index], lost) or ""
+        for eid, child in zip(self._targets, self._children, strict=True):
+            if child.output.metadata["engine_id"] is None:  # restarted: no reply said whose it is
+                child.output.metadata["engine_id"] = eid
+        if self._error is not None:
+            self._error.msg = self._note
+        if self._streaming and self._note:  # the traceback was shown as it came, then "1 errors"
+            print(self._note, file=sys.stderr)
+
+    @contextmanager
+    def stream_output(self) -> Iterator[None]:
+        self._streaming = True
+        try:
+            with super().stream_output():
+                yield
+        finally:
+            self._streaming = False
+
+    def _iopub_streaming_output_callback(self, eid: int, msg_future: Any, msg: dict) -> None:
+        """While streaming, the errors of the engines ended on purpose are not shown: the line on
+        them says what happened."""
+        if msg["header"]["msg_type"] == "error" and eid in getattr(self, "_quiet", ()):
+            return
+        super()._iopub_streaming_output_callback(eid, msg_future, msg)
+
+    def _collect_exceptions(self, results: list) -> list:
+        if self._note is None:
+            return super()._collect_exceptions(results)
+        error = results[self._failed[0]]
+        elist = [(error.ename, error.evalue, error.traceback, error.engine_info)]
+        self._error = FailedFast(self._note, elist)
+        raise self._error
+
+
+def fail_fast_fits() -> bool:
+    """Whether ipyparallel's AsyncResult has what :class:`FailFastResult` builds on."""
+    callback = getattr(AsyncResult, "_iopub_streaming_output_callback", None)
+    return fits(
+        "AsyncResult internals",
+        parameters(callback) == ["self", "eid", "msg_future", "msg"]
+        and callable(getattr(AsyncResult, "_collect_exceptions", None)),
+        "its streaming callback or exception collection changed",
+    )

@@ -1,0 +1,73 @@
+"""Ending the engines of a parallel cell that are still running: interrupt them, restart the stuck.
+
+One way for both cells that end early: one engine failed while the others ran
+(:mod:`ipcmagic.failfast`), or the cell ran past its ``%%pxtimeout``. SIGINT ends Python code on an
+engine (a ``KeyboardInterrupt``; the engine keeps its variables). An engine in C code, typically a
+rank waiting in an MPI call for a rank that failed, does not return to Python until that call
+does, which it never will: once ``grace`` seconds pass, all engines are restarted, since MPI ranks
+are one world and cannot be replaced one by one. The restart is begun here and finished when the
+cluster is next used (:meth:`ipcmagic.cluster.IPCluster.settle`), so that the cell fails at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+from typing import Any
+
+from .losses import describe_engines
+
+#: seconds interrupted engines have to stop before they count as stuck
+GRACE = 1.0
+
+
+def running(result: Any) -> list[int]:
+    """The ids of the engines whose part of ``result`` has not finished."""
+    return [eid for eid, child in zip(result._targets, result._children, strict=True) if not child.done()]
+
+
+def halt(cluster: Any, result: Any, grace: float = GRACE) -> list[int]:
+    """Interrupt the engines still running ``result``; if any still run ``grace`` seconds later,
+    begin a restart of all engines. The engines that were stuck (empty: none was restarted)."""
+    lost = {row["id"] for row in cluster.lost_engines()}
+    alive = [i for i in running(result) if i not in lost and i in cluster.client.ids]
+    if alive:  # not waiting for replies: an engine may die meanwhile
+        cluster.client.send_signal(signal.SIGINT, targets=alive, block=False)
+    pending = [child for child in result._children if not child.done()]
+    concurrent.futures.wait(pending, timeout=grace)
+    stuck = running(result)
+    if stuck:
+        cluster.restart(wait=False, kill=True)
+    return stuck
+
+
+def ended_message(
+    failed: dict, lost: bool, others: list[dict], stuck: list[int], n: int, grace: float
+) -> str | None:
+    """The line on the ``others`` that a fail-fast execute ended after engine ``failed`` failed
+    (or was ``lost``: :mod:`ipcmagic.losses` says how); None if there were none."""
+    if not others:
+        return None
+    if lost:
+        said = f"ipcmagic: {names(others)} still ran after engine {failed['id']} was lost"
+    else:
+        said = f"ipcmagic: {describe_engines([failed])} failed while {names(others)} still ran"
+    if not stuck:
+        return f"{said}; {they(others)} interrupted (KeyboardInterrupt) and keep their variables."
+    still = [row for row in others if row["id"] in stuck]
+    subject = names(still) if still != others else they(others).split()[0]
+    return (
+        f"{said}; {subject} did not stop on SIGINT within "
+        f"{grace:g} s (ranks waiting in MPI for a failed rank never return), so all {n} engines are "
+        "being restarted: their variables are gone."
+    )
+
+
+def they(rows: list[dict]) -> str:
+    return "it was" if len(rows) == 1 else "they were"
+
+
+def names(rows: list[dict]) -> str:
+    """``engine 3`` or ``engines 0, 2, 3``."""
+    ids = ", ".join(str(row["id"]) for row in rows)
+    return f"engine {ids}" if len(rows) == 1 else f"engines {ids}"
