@@ -28,7 +28,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
-from .losses import Follower, guard_targets, on_this_node, process_alive, tell_controller
+from .losses import Follower, guard_targets, names, on_this_node, process_alive, tell_controller
 from .slurm import Allocation, require_full_export
 from .status import ClusterStatus
 from .watchdog import Watchdog
@@ -144,6 +144,10 @@ def require_command(command: str) -> None:
         raise UsageError(f"{command} is not on PATH; load it (e.g. module load) or use another launcher.")
 
 
+#: what --dask imports, and what it is for
+DASK_NEEDS = {"distributed": "dask.distributed", "cryptography": "cryptography (for its TLS certificate)"}
+
+
 def plan_engines(
     allocation: Allocation | None,
     *,
@@ -176,8 +180,12 @@ def plan_engines(
             f"{n} engines with {cpus} CPU(s) each need {n * cpus} CPUs, but this allocation has "
             f"{allocation.cpus}; use -n {allocation.cpus // cpus} or fewer, or a larger allocation."
         )
-    if dask and not all(importlib.util.find_spec(name) for name in ("distributed", "cryptography")):
-        raise UsageError("--dask needs dask.distributed in this kernel: pip install 'ipcmagic[dask]'.")
+    missing = [name for name in DASK_NEEDS if dask and not importlib.util.find_spec(name)]
+    if missing:
+        raise UsageError(
+            f"--dask needs {' and '.join(DASK_NEEDS[name] for name in missing)} in this kernel: "
+            "pip install 'ipcmagic[dask]'."
+        )
     try:
         args = shlex.split(launcher_args)
     except ValueError as e:
@@ -359,6 +367,12 @@ class IPCluster(LoggingConfigurable):
         "in MPI for the failed one). False: ipyparallel's behaviour, the cell waits for all.",
     )
 
+    output_limit = Integer(
+        5_000_000,
+        config=True,
+        help="Characters of each engine's stdout and stderr a %%px cell streams to the notebook; the "
+        "rest is not shown, and a line says so (%%px -o NAME keeps all of it). 0: no limit.",
+    )
     restart_lost_engines = Integer(
         0,
         config=True,
@@ -370,6 +384,7 @@ class IPCluster(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.auto_restarts: list[float] = []  # when restart_lost_engines restarted the engines
+        self.told: set[int] = set()  # lost engines whose loss was said, since the last (re)start
         self.restarting: tuple[float, float] | None = None  # a restart's deadline and timeout
         self._settling = threading.RLock()
         self.cluster = None  # ipyparallel.Cluster while running
@@ -481,7 +496,7 @@ class IPCluster(LoggingConfigurable):
         from .pxview import px_view
 
         self.view = px_view(self.client, self.settle, self._end_the_rest)
-        self.view.fail_fast = self.fail_fast
+        self.view.fail_fast, self.view.output_limit = self.fail_fast, self.output_limit
         shell = get_ipython()
         if shell is not None:
             self.view.activate()
@@ -632,16 +647,55 @@ class IPCluster(LoggingConfigurable):
         if wait:
             self.settle(progress=True)
 
-    def restart_lost(self) -> str:
-        """After engines were lost: begin a restart where ``restart_lost_engines`` allows; what
-        becomes of the engines, said after how they were lost."""
+    def after_loss(self) -> tuple[str, bool]:
+        """After engines were lost: what becomes of the others, said after how they were lost, and
+        whether anything was done. ``restart_lost_engines`` allowing, all are restarted at once;
+        else engines that are no MPI world go on without the lost ones (``%px``'s view drops them)."""
         hour_ago = time.monotonic() - 3600
         self.auto_restarts = [t for t in self.auto_restarts if t > hour_ago]
         most, done = self.restart_lost_engines, len(self.auto_restarts)
         if most and done < most:
             self.auto_restarts.append(time.monotonic())
             self.restart(wait=False)
-        return restart_lost_message(self.plan.n, most, done)
+            return restart_lost_message(self.plan.n, most, done), True
+        if self.independent():
+            self._end_for_good(self.lost_engines())
+            self.view.targets = [i for i in self.view.targets if i in self.client.ids]
+            return go_on_message(self.view.targets, self.plan.launcher == "local"), True
+        return restart_lost_message(self.plan.n, most, done), False
+
+    @staticmethod
+    def _end_for_good(lost: list[dict[str, Any]]) -> None:
+        """SIGKILL the lost engines on this node that live on (frozen ones the controller let go),
+        so that none runs on unseen when it thaws. (Elsewhere they end with their step.)"""
+        for row in lost:
+            if on_this_node(row):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(row["pid"], signal.SIGKILL)
+
+    def independent(self) -> bool:
+        """Whether the engines are no MPI world, so that one may go on without another."""
+        return all(row["size"] in (None, 1) for row in self.roster.values())
+
+    def replace_lost(self, timeout: int | None = None) -> list[int]:
+        """Start new engines for the lost ones, the others untouched (local engines, each its own
+        process); the ids of the new engines."""
+        if self.plan.launcher != "local":
+            raise UsageError(
+                f"{self.plan.launcher} runs all engines as one job step, and MPI ranks are one world that "
+                "no new process can join: %ipcluster restart starts all engines anew."
+            )
+        lost = self.lost_engines()
+        if not lost:
+            raise UsageError("No engine is lost; %ipcluster restart starts all engines anew.")
+        self._end_for_good(lost)
+        kept = [i for i in self.client.ids if i in self.roster]
+        self.follower.forget()
+        self.follower = None
+        self.cluster.start_engines_sync(len(lost))
+        self.restarting = (time.monotonic() + (timeout or self.timeout), timeout or self.timeout)
+        self.settle(progress=True)
+        return [i for i in self.client.ids if i not in kept]
 
     def _launch_engines_anew(self, timeout: float, kill: bool) -> None:
         stopped = list(self.client.ids)
@@ -707,6 +761,7 @@ class IPCluster(LoggingConfigurable):
         for reply in [self.client[i].apply_async(use_gpus, devices) for i, devices in gpus.items()]:
             reply.get()
         self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
+        self.told = set()
         self.follower = Follower(self.roster, self.connection_file, self.step)
         launchers = self._engine_launchers()
         self.follower.follow(launchers, self.client)
@@ -771,6 +826,12 @@ class IPCluster(LoggingConfigurable):
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
+
+
+def go_on_message(ids: list[int], replaceable: bool) -> str:
+    """What becomes of engines that are no MPI world after others were lost."""
+    then = "%ipcluster restart --lost replaces the lost ones" if replaceable else "%ipcluster restart"
+    return f"%px runs on {names(ids)} from now on; {then} (%ipcluster restart: all anew)."
 
 
 def restart_lost_message(n: int, most: int, done: int) -> str:

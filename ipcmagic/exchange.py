@@ -45,8 +45,8 @@ SILENT_NODE = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
 
 class Exchange:
     """One run's server: offers ``offer`` to every rank, keeps each rank's put in ``results``, its
-    node in ``nodes``, its announced exit status in ``exits``, and when its connection closed
-    without one in ``vanished``."""
+    node in ``nodes``, its announced exit status in ``exits``, when its connection closed without
+    one in ``vanished``, and when it ended either way in ``ended``."""
 
     def __init__(self, offer: bytes, host: str) -> None:
         self.offer = offer
@@ -55,6 +55,7 @@ class Exchange:
         self.nodes: dict[int, str] = {}
         self.exits: dict[int, int] = {}
         self.vanished: dict[int, float] = {}  # rank -> time.monotonic() when its connection closed
+        self.ended: dict[int, float] = {}  # rank -> time.monotonic() when it said its exit status or vanished
         self.refused = 0  # connections that could not prove the key
         self._closing = False
         self._server = socket.create_server((host, 0))
@@ -103,11 +104,12 @@ class Exchange:
                     send(sock, b"ok")
                 if what == b"exit":
                     self.exits[rank] = int(receive(sock))
+                    self.ended[rank] = time.monotonic()
                     return
             except (OSError, ValueError):
                 pass
             if not self._closing:
-                self.vanished[rank] = time.monotonic()
+                self.vanished[rank] = self.ended[rank] = time.monotonic()
 
     def _admit(self, sock: socket.socket) -> int | None:
         """The rank of a connection that proves it holds the key, after the kernel's proof and

@@ -8,9 +8,10 @@ srun names a signal with ``strsignal`` (``Killed``, ``Segmentation fault``), as
 
 from __future__ import annotations
 
+import math
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,10 @@ _OMPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited
 _OMPI_EXIT = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+)")
 #: the failure reports stand at the end of a launcher's output
 _REPORT_LINES = 200
+#: how a rank's SIGKILL that no launcher sent is said: nothing in Python sends it, the kernel's
+#: out-of-memory killer does (where the step's cgroup saw it, srun says ``Out Of Memory`` instead)
+KILLED = "was killed by SIGKILL (Killed)"
+KILLED_HINT = "was killed by SIGKILL (Killed; often the out-of-memory killer)"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,14 @@ def rank_exits(output: str) -> list[Ended]:
     return ended
 
 
+def first_heard_first(ended: list[Ended], heard: Mapping[int, float]) -> list[Ended]:
+    """``ended`` with the ranks heard to end first (``heard``: rank -> when) first, the others in
+    the launcher's order. srun reports a node's ranks as that node's daemon tells it: a rank killed
+    on another node (the OOM killer's SIGKILL) could come after the ranks that ended because of
+    it, and then be read as the one the launcher stopped."""
+    return sorted(ended, key=lambda end: min(heard.get(rank, math.inf) for rank in end.ranks))
+
+
 #: each launcher report and the end it says
 _REPORTS = [
     (_SRUN, lambda m: Ended(tuple(map(int, expand_range(m[2]))), _srun_how(m[3]), m[1])),
@@ -95,7 +108,8 @@ def describe(ended: list[Ended], launcher: str = "the launcher") -> str:
 def sentence(items: list[tuple[Any, str, int]], launcher: str | None, who: Callable[[list], str]) -> str:
     """Say how each of ``items`` (one, how it ended, the number of the report that said so) ended,
     those that ended alike together, the first report first; with a ``launcher``, those of later
-    reports killed by SIGTERM or SIGKILL are what it then did to the others."""
+    reports killed by SIGTERM or SIGKILL are what it then did to the others; a SIGKILL it did not
+    send is hinted at the out-of-memory killer."""
     first = min((report for _, _, report in items), default=0)
     groups: dict[tuple[bool, str], list[tuple[int, Any]]] = {}  # (stopped, how or signal) -> ones
     for index, (one, how, report) in sorted(enumerate(items), key=lambda item: item[1][2]):
@@ -108,6 +122,7 @@ def sentence(items: list[tuple[Any, str, int]], launcher: str | None, who: Calla
         if stopped:
             stopped_ones.append(f"{who(ones)} with {how}")
         else:
+            how = KILLED_HINT if how == KILLED else how
             said.append(f"{who(ones)} {how.replace('was ', 'were ', 1) if len(ones) > 1 else how}")
     if stopped_ones:
         said.append(f"{launcher} then stopped the others: {', '.join(stopped_ones)}")

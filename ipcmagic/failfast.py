@@ -27,6 +27,7 @@ from ipyparallel.error import CompositeError
 
 from .halting import running
 from .internals import fits, parameters
+from .streaming import StreamedOnce
 
 #: seconds the other engines have to finish after one failed, before they count as still running
 SETTLE = 0.25
@@ -44,12 +45,18 @@ class FailedFast(CompositeError):
         return [*super().render_traceback(excid), *([self.msg] if self.msg else [])]
 
 
-class FailFastResult(AsyncResult):
-    """The AsyncResult of an execute on several engines whose :meth:`wait` ends the others when
-    one fails: ``on_failure(result, failed_engine_id, lost)`` ends them and returns the line on
-    them (None: they had ended by themselves)."""
+class FailFastResult(StreamedOnce):
+    """The AsyncResult of ``%px``'s executes: its output streamed once and bounded
+    (:class:`~ipcmagic.streaming.StreamedOnce`); with ``on_failure``, an execute on several engines
+    whose :meth:`wait` ends the others when one fails: ``on_failure(result, failed_engine_id,
+    lost)`` ends them and returns the line on them (None: they had ended by themselves)."""
 
-    def __init__(self, result: AsyncResult, on_failure: Callable[[AsyncResult, int, bool], str | None]):
+    def __init__(
+        self,
+        result: AsyncResult,
+        on_failure: Callable[[AsyncResult, int, bool], str | None] | None,
+        output_limit: int = 0,
+    ):
         self._failed: tuple[int, float, bool] | None = None  # the first failed engine's index, when
         # its others count as still running, and whether it was lost
         self._note: str | None = None  # what on_failure said: the execute has failed fast
@@ -57,7 +64,10 @@ class FailFastResult(AsyncResult):
         self._on_failure = on_failure
         self._error: FailedFast | None = None
         self._streaming = False
+        self.output_limit = output_limit
         super().__init__(result._client, list(result._children), result._fname, result._targets, owner=True)
+        if on_failure is None:
+            return
         for index, child in enumerate(self._children):
             child.add_done_callback(lambda child, index=index: self._child_done(index, child))
         self.add_done_callback(lambda _: self._alarm.set())
@@ -71,7 +81,7 @@ class FailFastResult(AsyncResult):
             self._alarm.set()
 
     def wait(self, timeout: float | None = -1, return_when: Any = None) -> Any:
-        if return_when is not None or self._note is not None:
+        if return_when is not None or self._note is not None or self._on_failure is None:
             return super().wait(timeout, return_when)
         end = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while True:
@@ -128,7 +138,7 @@ class FailFastResult(AsyncResult):
         raise self._error
 
 
-def fail_fast_fits() -> bool:
+def result_fits() -> bool:
     """Whether ipyparallel's AsyncResult has what :class:`FailFastResult` builds on."""
     callback = getattr(AsyncResult, "_iopub_streaming_output_callback", None)
     return fits(

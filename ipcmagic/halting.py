@@ -15,7 +15,7 @@ import concurrent.futures
 import signal
 from typing import Any
 
-from .losses import describe_engines
+from .losses import describe_engines, names
 
 #: seconds interrupted engines have to stop before they count as stuck
 GRACE = 1.0
@@ -49,13 +49,13 @@ def ended_message(
     if not others:
         return None
     if lost:
-        said = f"ipcmagic: {names(others)} still ran after engine {failed['id']} was lost"
+        said = f"ipcmagic: {ids(others)} still ran after engine {failed['id']} was lost"
     else:
-        said = f"ipcmagic: {describe_engines([failed])} failed while {names(others)} still ran"
+        said = f"ipcmagic: {describe_engines([failed])} failed while {ids(others)} still ran"
     if not stuck:
         return f"{said}; {they(others)} interrupted (KeyboardInterrupt) and keep their variables."
     still = [row for row in others if row["id"] in stuck]
-    subject = names(still) if still != others else they(others).split()[0]
+    subject = ids(still) if still != others else they(others).split()[0]
     return (
         f"{said}; {subject} did not stop on SIGINT within "
         f"{grace:g} s (ranks waiting in MPI for a failed rank never return), so all {n} engines are "
@@ -67,7 +67,6 @@ def they(rows: list[dict]) -> str:
     return "it was" if len(rows) == 1 else "they were"
 
 
-def names(rows: list[dict]) -> str:
+def ids(rows: list[dict]) -> str:
     """``engine 3`` or ``engines 0, 2, 3``."""
-    ids = ", ".join(str(row["id"]) for row in rows)
-    return f"engine {ids}" if len(rows) == 1 else f"engines {ids}"
+    return names([row["id"] for row in rows])

@@ -16,12 +16,13 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .exits import by_returncode, rank_exits, sentence
+from .exits import by_returncode, first_heard_first, rank_exits, sentence
 from .internals import fits, parameters
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ def describe_engines(rows: list[dict[str, Any]]) -> str:
         return f"engine {e['id']} ({rank}pid {e['pid']} on {e['host']})"
 
     return ", ".join(map(one, rows))
+
+
+def names(ids: list[int]) -> str:
+    """``engine 3`` or ``engines 0, 2, 3``."""
+    return f"engine{'s' if len(ids) != 1 else ''} {', '.join(map(str, ids))}"
 
 
 def describe_loss(rows: list[dict[str, Any]], step: str | None = None) -> str:
@@ -107,6 +113,7 @@ class Follower:
         self.fates: dict[int, tuple[int, str]] = {}
         self.following = True
         self.let_go: set[int] = set()  # engines of other nodes that the controller let go
+        self.heard: dict[int, float] = {}  # MPI rank -> when the controller let its engine go
         self.lock = threading.Lock()
         self.client: Any = None
 
@@ -131,6 +138,8 @@ class Follower:
         """The controller let an engine go (in the client's thread). If it ran on another node in a
         step whose launcher does not say it ended, :meth:`stop_lost_step` follows."""
         i = event.get("id")
+        if event.get("event") == "unregister" and i in self.roster and self.roster[i]["rank"] is not None:
+            self.heard.setdefault(self.roster[i]["rank"], time.monotonic())  # its nanny told first
         if (
             event.get("event") == "unregister"
             and self.step
@@ -194,12 +203,14 @@ class Follower:
 
     def _learn(self, output: str) -> None:
         """The fates the step's launcher has reported so far (srun says ``task 1: Exited ...`` as
-        the task ends, also when the step goes on)."""
+        the task ends, also when the step goes on), the first heard to end first: each read
+        numbers all reports anew, so a later report of the first to end comes first."""
         by_rank = {row["rank"]: i for i, row in self.roster.items()}
-        for report, end in enumerate(rank_exits(output)):
+        for report, end in enumerate(first_heard_first(rank_exits(output), self.heard)):
             for rank in end.ranks:
-                if by_rank.get(rank) is not None:
-                    self.fates.setdefault(by_rank[rank], (report, end.how))
+                i = by_rank.get(rank)
+                if i is not None and 0 <= self.fates.get(i, (0,))[0] < UNREPORTED - 2:  # a report's
+                    self.fates[i] = (report, end.how)
 
     def _learn_so_far(self) -> None:
         """The fates that the launchers of the step have reported until now."""

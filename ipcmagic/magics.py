@@ -16,7 +16,7 @@ from IPython.display import display
 from . import __version__
 from .bounded import run_bounded
 from .cluster import LAUNCHERS, IPCluster
-from .losses import EnginesLost, describe_loss
+from .losses import EnginesLost, describe_loss, names
 from .slurm import Allocation
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
@@ -159,16 +159,15 @@ class IPClusterMagics(Magics):
         and what becomes of them (``c.IPCluster.restart_lost_engines``)."""
         if result.error_in_exec is None or not self.cluster.running:
             return
-        lost = self.cluster.lost_engines()
-        if not lost:
+        lost = [row for row in self.cluster.lost_engines() if row["id"] not in self.cluster.told]
+        if not lost:  # or said after an earlier cell
             return
+        self.cluster.told.update(row["id"] for row in lost)
+        then, acted = self.cluster.after_loss()
         if not isinstance(result.error_in_exec, EnginesLost):  # which says how they ended
-            how = describe_loss(lost, self.cluster.step)
-            print(f"ipcmagic: {how}. {self.cluster.restart_lost()}", file=sys.stderr)
-        elif self.cluster.restart_lost_engines:
-            then = self.cluster.restart_lost()
-            if self.cluster.restarting:  # else the error said what to do
-                print(f"ipcmagic: {then}", file=sys.stderr)
+            print(f"ipcmagic: {describe_loss(lost, self.cluster.step)}. {then}", file=sys.stderr)
+        elif acted:
+            print(f"ipcmagic: {then}", file=sys.stderr)
 
     @magic_arguments()
     @argument("action", nargs="?", choices=("start", "stop", "status", "restart"), help="What to do.")
@@ -220,6 +219,11 @@ class IPClusterMagics(Magics):
         "--launcher-args",
         default="",
         help='Extra srun/mpirun (or ipengine) arguments, quoted: "--exclusive".',
+    )
+    @argument(
+        "--lost",
+        action="store_true",
+        help="restart: only the lost engines (local engines; MPI ranks are one world: all restart).",
     )
     @argument("-v", "--version", action="store_true", help="Print ipcmagic's version.")
     @argument("-h", "--help", action="store_true", help="Show this help.")
@@ -286,6 +290,10 @@ class IPClusterMagics(Magics):
 
     def _restart(self, args) -> None:
         tic = time.perf_counter()
+        if args.lost:
+            new = self.cluster.replace_lost(timeout=args.timeout)
+            print(f"{names(new).capitalize()} replaced the lost in {time.perf_counter() - tic:.1f} s.")
+            return
         self.cluster.restart(timeout=args.timeout)
         print(f"{self.cluster.plan.n} engines restarted in {time.perf_counter() - tic:.1f} s.")
         self._describe_dask()

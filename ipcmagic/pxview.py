@@ -24,7 +24,7 @@ from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.client.futures import multi_future
 from ipyparallel.client.view import BroadcastView, DirectView
 
-from .failfast import FailFastResult, fail_fast_fits
+from .failfast import FailFastResult, result_fits
 from .internals import fits
 
 #: the client's per-message caches, which ipyparallel empties when a DirectView's reply arrives
@@ -32,12 +32,15 @@ CACHES = ("results", "_futures", "_output_futures", "metadata")
 
 
 class PxView(DirectView):
-    """A DirectView whose blocking push to several idle engines goes out once, and whose execute on
-    several engines fails fast (:mod:`ipcmagic.failfast`) while ``fail_fast`` holds."""
+    """A DirectView whose blocking push to several idle engines goes out once, whose execute on
+    several engines fails fast (:mod:`ipcmagic.failfast`) while ``fail_fast`` holds, and whose
+    executes stream their output once (:mod:`ipcmagic.streaming`)."""
 
     _interrupted: AsyncResult | None = None
     #: whether an execute ends when one engine fails while others run (False: wait for all)
     fail_fast = True
+    #: characters of each engine's stdout and stderr an execute streams (0: all)
+    output_limit = 0
     #: what ends the others then, and says what became of them (the cluster's)
     on_failure: Callable[[AsyncResult, int, bool], str | None] | None = None
     #: called before anything is sent: finishes a restart of the engines begun after a failure
@@ -59,18 +62,15 @@ class PxView(DirectView):
         return super()._really_apply(*args, **kwargs)
 
     def execute(
-        self,
-        code: str,
-        silent: bool = True,
-        targets: Any = None,
-        block: bool | None = None,
-        label: Any = None,
+        self, code: str, silent: bool = True, targets: Any = None, block: bool | None = None, **kwargs: Any
     ) -> Any:
         self._settle()
         block = self.block if block is None else block
-        result = super().execute(code, silent=silent, targets=targets, block=False, label=label)
-        if self.fail_fast and self.on_failure and len(result) > 1 and fail_fast_fits():
-            result = FailFastResult(result, self.on_failure)
+        # kwargs: ipyparallel 9.2's label, which 9.0 does not have
+        result = super().execute(code, silent=silent, targets=targets, block=False, **kwargs)
+        if result_fits():  # streamed once; failing fast where it can
+            fails_fast = self.fail_fast and len(result) > 1
+            result = FailFastResult(result, self.on_failure if fails_fast else None, self.output_limit)
         if block:  # as DirectView's
             try:
                 result.get()

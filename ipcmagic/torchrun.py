@@ -32,7 +32,7 @@ from . import rank as rank_side
 from . import standalone
 from .cluster import Interrupted, address_for, require_command, resolve_launcher
 from .exchange import Exchange
-from .exits import Ended, by_returncode, describe, rank_exits, ranks_named
+from .exits import Ended, by_returncode, describe, first_heard_first, rank_exits, ranks_named
 from .rank import CELL_VAR
 from .slurm import BLOCK, Allocation, require_full_export, step_env
 from .watchdog import Watchdog
@@ -204,9 +204,11 @@ def _prefixed(line: str) -> str:
     return f"[{match[1]}] {line[match.end() :]}"
 
 
-def _failure(output: str, returncode: int, launcher: str) -> str:
-    """Which ranks failed and how, in the launcher's words; else how the launcher ended."""
-    return describe(rank_exits(output), launcher) or f"{launcher} {by_returncode(returncode)}"
+def _failure(output: str, returncode: int, launcher: str, ended: Mapping[int, float] | None = None) -> str:
+    """Which ranks failed and how, in the launcher's words, the first to end (``ended``: when each
+    rank's end was heard, where known) first; else how the launcher ended."""
+    reports = first_heard_first(rank_exits(output), ended or {})
+    return describe(reports, launcher) or f"{launcher} {by_returncode(returncode)}"
 
 
 def _stop(process: subprocess.Popen, grace: float, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
@@ -340,7 +342,8 @@ def run(
         reader.join()
         process.stdout.close()
     if process.returncode:
-        raise TorchrunError(_failure("".join(output), process.returncode, plan.launcher))
+        ended = exchange.ended if exchange else None
+        raise TorchrunError(_failure("".join(output), process.returncode, plan.launcher, ended))
 
 
 class Torchrun(LoggingConfigurable):

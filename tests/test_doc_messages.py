@@ -93,6 +93,8 @@ def messages(monkeypatch) -> dict[str, str]:
         "node lost": f"ipcmagic: {losses.describe_loss(node_lost(), 'srun')}.",
         "failed fast": halting.ended_message(ROW, False, four[:1] + four[2:], [0, 2, 3], 4, 1.0),
         "lost, the others ended": halting.ended_message(ROW, True, OTHERS, [], 3, 1.0),
+        "went on": f"ipcmagic: {losses.describe_loss([{**ROW, 'rank': None}])}. "
+        + cluster.go_on_message([0, 2], True),
         "restarted by itself": f"ipcmagic: {losses.describe_loss(step, 'srun')}. "
         + cluster.restart_lost_message(4, 3, 0),
         "not on PATH": usage_error(require_command, "srun"),
@@ -133,6 +135,8 @@ CASES = {
     "are being restarted: their variables are gone.": "failed fast",
     "ipcmagic: engines 0, 2 still ran after engine 1 was lost; they were interrupted (KeyboardInterrupt) and "
     "keep their variables.": "lost, the others ended",
+    "ipcmagic: engine 1 (pid 4242 on nid001) exited with code 3. %px runs on engines 0, 2 from now on; "
+    "%ipcluster restart --lost replaces the lost ones (%ipcluster restart: all anew).": "went on",
     "ipcmagic: engine 1 ... with SIGKILL. All 4 engines are being restarted (automatic restart 1 of 3 this "
     "hour, c.IPCluster.restart_lost_engines): their variables are gone.": "restarted by itself",
     "UsageError: srun is not on PATH; load it ...": "not on PATH",

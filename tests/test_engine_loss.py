@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 from ipyparallel.error import CompositeError
+from IPython.core.error import UsageError
 
 import ipcmagic
 from ipcmagic.failfast import FailedFast
-from ipcmagic.losses import EnginesLost
+from ipcmagic.losses import EnginesLost, process_alive
 from tests.conftest import run_in_job
 
 #: ways a rank dies, as the dying rank's code
@@ -37,7 +38,7 @@ DEATHS = {
 #: how srun and ipcmagic say it
 SAID = {
     "exit": "exited with code 3",
-    "sigkill": "was killed by SIGKILL (Killed)",
+    "sigkill": "was killed by SIGKILL (Killed; often the out-of-memory killer)",
     "segfault": "was killed by SIGSEGV (Segmentation fault)",
 }
 #: the longest a running cell may go on after a rank's death
@@ -412,3 +413,49 @@ def test_a_node_lost_mid_cell_fails_it_and_the_rest_goes_on(two_nodes, nothing_l
     assert seen["hosts"] == ["n1", "n1", "n2", "n2"], "restarted on the same allocation"
     assert seen["stop"] <= 5.0
     # nothing_left: no process on either node, no step, no directory
+
+
+def test_engines_without_an_mpi_world_go_on_without_the_lost(ip, outside_slurm):
+    """Issue 37 item 6: after one local engine was lost, %px refused to run, and a restart threw
+    away the healthy engines' variables. Now they go on, and ``restart --lost`` replaces the lost
+    one; a frozen one is ended for good then (it ran the cell after SIGCONT, item 3)."""
+    cluster = ipcmagic._magics.cluster
+    cluster.heartbeat_tolerance = 2.0
+    ip.run_line_magic("ipcluster", "start -n 3 --launcher local")
+    ip.run_cell("%px import os, time\n%px x = os.getpid()")
+    pids = dict(zip(ipcmagic.client().ids, ipcmagic.client()[:]["x"], strict=True))
+    for gone, how, then in ((1, "exited with code 3", [0, 2]), (2, "stopped answering heartbeats", [0, 3])):
+        if gone == 2:
+            os.kill(pids[2], signal.SIGSTOP)
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+            cell = f"%%px\nif x == {pids[gone]}:\n    os._exit(3)\ntime.sleep(0.5)"
+            assert ip.run_cell(cell if gone == 1 else "%%px\ntime.sleep(3)").error_in_exec is not None
+        said = err.getvalue().strip().splitlines()[-1]
+        assert said.startswith(f"ipcmagic: engine {gone} (pid {pids[gone]} on ") and how in said, said
+        assert said.endswith(
+            f"%px runs on engines {', '.join(map(str, then))} from now on; %ipcluster restart --lost "
+            "replaces the lost ones (%ipcluster restart: all anew)."
+        ), said
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert ip.run_cell("%px y = x").error_in_exec is None
+        assert ipcmagic.view()["y"] == [pids[i] for i in then], "the others, with their variables"
+        ip.run_line_magic("ipcluster", "restart --lost")
+        new = max(ipcmagic.client().ids)
+        assert ipcmagic.view().targets == [*then, new]
+        ip.run_cell("%px import os, time\n%px x = os.getpid()")  # the new one
+        assert ipcmagic.view()["x"] == [*(pids[i] for i in then), ipcmagic.client()[new]["x"]]
+        pids[new] = ipcmagic.client()[new]["x"]
+    deadline = time.monotonic() + 5
+    while process_alive(pids[2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(pids[2]), "the frozen engine was ended for good"
+    with pytest.raises(UsageError, match="No engine is lost"):
+        ip.run_line_magic("ipcluster", "restart --lost")
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_mpi_ranks_cannot_be_replaced_one_by_one(ip, in_allocation):
+    ip.run_line_magic("ipcluster", "start -n 2")
+    with pytest.raises(UsageError, match="srun runs all engines as one job step, and MPI ranks are one"):
+        ip.run_line_magic("ipcluster", "restart --lost")
+    ip.run_line_magic("ipcluster", "stop")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ipcmagic.exits import Ended, by_returncode, describe, rank_exits
+from ipcmagic.exits import KILLED_HINT, Ended, by_returncode, describe, rank_exits
 from ipcmagic.losses import describe_loss
 
 SRUN_STEP_ENDED = """\
@@ -50,7 +50,7 @@ def test_every_srun_task_list_form_and_signal():
 def test_the_standalone_launcher_reports_as_srun_does():
     said = rank_exits("ipcmagic: error: vm: task 1: Killed\nipcmagic: error: vm: task 0: Terminated\n")
     assert describe(said, "ipcmagic") == (
-        "rank 1 was killed by SIGKILL (Killed); ipcmagic then stopped the others: rank 0 with SIGTERM"
+        f"rank 1 {KILLED_HINT}; ipcmagic then stopped the others: rank 0 with SIGTERM"
     )
 
 

@@ -216,3 +216,12 @@ def test_an_export_that_drops_the_kernels_environment_is_named_at_once(words, ip
         ip.run_cell_magic("torchrun", f"-n 1 --srun-args '{words}'", "pass")
     plan = plan_engines(ALLOC, launcher="srun", n=2, launcher_args="--export=ALL,OMP_NUM_THREADS=4")
     assert plan.traits["mpi_args"] == ["--export=ALL,OMP_NUM_THREADS=4"]
+
+
+def test_dask_names_what_is_missing(monkeypatch):
+    """With distributed installed but cryptography missing, it said dask.distributed was missing."""
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", {"distributed": "a module spec"}.get)
+    with pytest.raises(UsageError, match=r"^--dask needs cryptography \(for its TLS certificate\) in this"):
+        plan_engines(None, launcher="local", n=2, dask=True)

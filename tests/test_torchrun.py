@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+from ipcmagic.exits import KILLED_HINT
 from ipcmagic.slurm import Allocation
 from ipcmagic.torchrun import (
     CELL_VAR,
@@ -91,6 +92,15 @@ def test_output_prefix_and_failure_message():
     assert _failure("", -9, "srun") == "srun was killed by SIGKILL (Killed)"
 
 
+def test_the_rank_that_ended_first_is_named_first():
+    """srun reported n1's ranks, failing because rank 3 on n2 was SIGKILLed, before rank 3."""
+    report = "srun: error: n1: tasks 0-1: Exited with exit code 1\nsrun: error: n2: task 3: Killed\n"
+    ended = {3: 10.0, 0: 10.2, 1: 10.3}  # when the exchange heard each end
+    said = f"rank 3 {KILLED_HINT}; ranks 0, 1 exited with code 1"
+    assert _failure(report, 1, "srun", ended) == said
+    assert _failure(report, 1, "srun").endswith("srun then stopped the others: rank 3 with SIGKILL"), "before"
+
+
 def test_pop_distributed_env(monkeypatch):
     for name, value in STALE.items():
         monkeypatch.setenv(name, value)
@@ -137,7 +147,7 @@ FAILURES = [
     (
         "srun",
         "os.kill(os.getpid(), signal.SIGKILL) if RANK == 1",
-        "rank 1 was killed by SIGKILL (Killed); srun then stopped the others: ranks 0, 2 with SIGTERM",
+        f"rank 1 {KILLED_HINT}; srun then stopped the others: ranks 0, 2 with SIGTERM",
     ),
     (
         "standalone",
@@ -147,7 +157,7 @@ FAILURES = [
     (
         "standalone",
         "os.kill(os.getpid(), signal.SIGKILL) if RANK == 1",
-        "rank 1 was killed by SIGKILL (Killed); ipcmagic then stopped the others: ranks 0, 2 with SIGTERM",
+        f"rank 1 {KILLED_HINT}; ipcmagic then stopped the others: ranks 0, 2 with SIGTERM",
     ),
 ]
 
@@ -419,6 +429,40 @@ def test_a_node_lost_mid_run_fails_it_naming_the_node(two_nodes, torch_installed
     if form == "idle script":
         assert seen["said"] == LOST_N2, "no rank on n1 failed"
     assert seen["after"] <= 30, f"the run failed {seen['after']:.1f} s after the node"
+
+
+#: in a job of the 2-node lab, the kernel on n1: three runs over both nodes, 2 ranks each, in
+#: which rank 3 (on n2) is SIGKILLed (the OOM killer's signal) while all are in gloo collectives
+KILL_A_RANK_ON_N2 = """
+import json
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+cell = '''
+import os, signal, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+for i in range(1000):
+    dist.all_reduce(torch.ones(1))
+    if i == 20 and dist.get_rank() == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.01)
+'''
+said = []
+for _ in range(3):
+    try:
+        ip.run_cell_magic("torchrun", "--nnodes 2 -n 2", cell)
+    except Exception as e:
+        said.append(str(e))
+print(json.dumps(said))
+"""
+
+
+def test_the_rank_killed_on_another_node_is_named_as_the_cause(two_nodes, torch_installed, nothing_left):
+    """Issue 37 item 5: in 3 runs of 4, 'ranks 0, 1, 2 exited with code 1; srun then stopped the
+    others: rank 3 with SIGKILL', the victim named as collateral (srun heard n1's ranks first)."""
+    job = ["-N", "2", "--ntasks-per-node=2", "-J", "ipcmagic-kill"]
+    said = json.loads(run_in_job(job, ["-N", "1", "-n", "1"], KILL_A_RANK_ON_N2, two_nodes).splitlines()[-1])
+    assert len(said) == 3 and all(s.startswith(f"rank 3 {KILLED_HINT}") for s in said), said
 
 
 #: another user's view of the node: the TCP ports a uid listens on, from /proc/net/tcp{,6}
