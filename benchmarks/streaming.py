@@ -30,8 +30,9 @@ stock.activate(suffix="stock")
 
 
 def big_print(mb: int) -> str:
-    """A cell whose engines each print ``mb`` MB in 1 MB prints."""
-    return f"for _ in range({mb}):\n    print('x' * 999_999)"
+    """A cell whose engines each print ``mb`` MB in 1 MB prints, 20 ms apart (as a program that
+    computes between its prints: the engine sends what it printed every so often)."""
+    return f"import time\nfor _ in range({mb}):\n    print('x' * 999_999)\n    time.sleep(0.02)"
 
 
 def many_lines(per_s: int, seconds: int) -> str:

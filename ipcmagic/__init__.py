@@ -27,15 +27,15 @@ def load_ipython_extension(ipython: Any) -> None:
         from .magics import deactivate_px
 
         deactivate_px(ipython, None)  # %px before any start says to start a cluster
-    if _magics.report_lost_engines not in ipython.events.callbacks["post_run_cell"]:
-        ipython.events.register("post_run_cell", _magics.report_lost_engines)
+    if _magics.report_failure not in ipython.events.callbacks["post_run_cell"]:
+        ipython.events.register("post_run_cell", _magics.report_failure)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop this kernel's cluster (``%unload_ext ipcmagic``)."""
     if _magics is not None:
         _magics.cluster.stop()
-        ipython.events.unregister("post_run_cell", _magics.report_lost_engines)
+        ipython.events.unregister("post_run_cell", _magics.report_failure)
 
 
 def client() -> Any:

@@ -385,6 +385,7 @@ class IPCluster(LoggingConfigurable):
         super().__init__(**kwargs)
         self.auto_restarts: list[float] = []  # when restart_lost_engines restarted the engines
         self.told: set[int] = set()  # lost engines whose loss was said, since the last (re)start
+        self.ended: str | None = None  # what a fail-fast execute did to the others, until said
         self.restarting: tuple[float, float] | None = None  # a restart's deadline and timeout
         self._settling = threading.RLock()
         self.cluster = None  # ipyparallel.Cluster while running
@@ -504,15 +505,16 @@ class IPCluster(LoggingConfigurable):
     def _end_the_rest(self, result: Any, failed: int, lost: bool) -> str | None:
         """Engine ``failed`` failed (or was ``lost``) while others ran ``result``
         (:mod:`ipcmagic.failfast`): end them (:func:`ipcmagic.halting.halt`); the line that says
-        so, None where they all ended by themselves."""
-        from .halting import GRACE, ended_message, halt, running
+        so (also kept in ``ended`` for the cell's end), None where they all ended by themselves."""
+        from .halting import GRACE, ended_message, halt, running, vanished
 
         others = running(result)
         stuck = halt(self, result, GRACE)
-        gone = {row["id"] for row in self.lost_engines()}
+        gone = vanished(result) - set(stuck)  # lost meanwhile: their step ended, say
         rows = {i: self.roster.get(i) or _row(i, "gone") for i in (failed, *others)}
-        ended = [rows[i] for i in others if i not in gone or i in stuck]
-        return ended_message(rows[failed], lost, ended, stuck, self.plan.n, GRACE)
+        ended = [rows[i] for i in others if i not in gone]
+        self.ended = ended_message(rows[failed], lost, ended, stuck, self.plan.n, GRACE)
+        return self.ended
 
     def _start_dask(self, timeout: float) -> None:
         from .daskcluster import start_dask

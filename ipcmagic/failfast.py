@@ -15,17 +15,15 @@ how. Only engines still running :data:`LOSS_SETTLE` seconds after a loss are end
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.error import CompositeError
 
-from .halting import running
+from .halting import LOST, running
 from .internals import fits, parameters
 from .streaming import StreamedOnce
 
@@ -33,16 +31,11 @@ from .streaming import StreamedOnce
 SETTLE = 0.25
 #: the same after one was lost: srun ends a step about 1.1 s after one of its tasks died
 LOSS_SETTLE = 1.5
-#: how ipyparallel's client fails the work of an engine that unregistered
-LOST = "EngineError"
 
 
 class FailedFast(CompositeError):
     """One engine's error ended a parallel execute while others ran; ``elist`` holds that error,
-    the message says what became of the others."""
-
-    def render_traceback(self, excid: int | None = None) -> list[str]:
-        return [*super().render_traceback(excid), *([self.msg] if self.msg else [])]
+    the message says what became of the others (in IPython the magics say it after the error)."""
 
 
 class FailFastResult(StreamedOnce):
@@ -63,7 +56,6 @@ class FailFastResult(StreamedOnce):
         self._alarm = threading.Event()  # an engine failed, or all finished
         self._on_failure = on_failure
         self._error: FailedFast | None = None
-        self._streaming = False
         self.output_limit = output_limit
         super().__init__(result._client, list(result._children), result._fname, result._targets, owner=True)
         if on_failure is None:
@@ -110,17 +102,6 @@ class FailFastResult(StreamedOnce):
                 child.output.metadata["engine_id"] = eid
         if self._error is not None:
             self._error.msg = self._note
-        if self._streaming and self._note:  # the traceback was shown as it came, then "1 errors"
-            print(self._note, file=sys.stderr)
-
-    @contextmanager
-    def stream_output(self) -> Iterator[None]:
-        self._streaming = True
-        try:
-            with super().stream_output():
-                yield
-        finally:
-            self._streaming = False
 
     def _iopub_streaming_output_callback(self, eid: int, msg_future: Any, msg: dict) -> None:
         """While streaming, the errors of the engines ended on purpose are not shown: the line on

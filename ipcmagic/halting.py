@@ -21,9 +21,22 @@ from .losses import describe_engines, names
 GRACE = 1.0
 
 
+#: how ipyparallel's client fails the work of an engine that unregistered
+LOST = "EngineError"
+
+
 def running(result: Any) -> list[int]:
     """The ids of the engines whose part of ``result`` has not finished."""
     return [eid for eid, child in zip(result._targets, result._children, strict=True) if not child.done()]
+
+
+def vanished(result: Any) -> set[int]:
+    """The ids of the engines whose part of ``result`` failed because they were lost."""
+    return {
+        eid
+        for eid, child in zip(result._targets, result._children, strict=True)
+        if child.done() and getattr(child.result(), "ename", None) == LOST
+    }
 
 
 def halt(cluster: Any, result: Any, grace: float = GRACE) -> list[int]:

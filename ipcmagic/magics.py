@@ -154,17 +154,25 @@ class IPClusterMagics(Magics):
         self.cluster = IPCluster(parent=self)
         self.torchrun_defaults = Torchrun(parent=self)
 
-    def report_lost_engines(self, result) -> None:
-        """After a failed cell, say which engines ended and how (ipyparallel only says "N errors"),
-        and what becomes of them (``c.IPCluster.restart_lost_engines``)."""
-        if result.error_in_exec is None or not self.cluster.running:
+    def report_failure(self, result) -> None:
+        """After a cell, once its error was shown: what a fail-fast execute did to the engines
+        still running (:mod:`ipcmagic.failfast`), which engines ended and how (ipyparallel only
+        says "N errors"), and what becomes of them (``c.IPCluster.restart_lost_engines``)."""
+        if not self.cluster.running:
             return
+        ended, self.cluster.ended = self.cluster.ended, None
+        if ended:
+            print(ended, file=sys.stderr)
+        if result.error_in_exec is not None:
+            self._report_lost(result.error_in_exec)
+
+    def _report_lost(self, error: BaseException) -> None:
         lost = [row for row in self.cluster.lost_engines() if row["id"] not in self.cluster.told]
         if not lost:  # or said after an earlier cell
             return
         self.cluster.told.update(row["id"] for row in lost)
         then, acted = self.cluster.after_loss()
-        if not isinstance(result.error_in_exec, EnginesLost):  # which says how they ended
+        if not isinstance(error, EnginesLost):  # which says how they ended
             print(f"ipcmagic: {describe_loss(lost, self.cluster.step)}. {then}", file=sys.stderr)
         elif acted:
             print(f"ipcmagic: {then}", file=sys.stderr)

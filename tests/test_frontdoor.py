@@ -66,11 +66,18 @@ time.sleep(3)  # long enough for ipyparallel's progress bar
 if MPI.COMM_WORLD.rank == 3:
     os._exit(3)  # rank 3, on the other node, fails while the others wait for it
 MPI.COMM_WORLD.Barrier()"""
+#: issue 33's cell: rank 1 raises while the others wait for it in a barrier (ipyparallel#435)
+RAISING_PX = """%%px
+from mpi4py import MPI
+if MPI.COMM_WORLD.rank == 1:
+    raise ValueError('rank one is unhappy')
+MPI.COMM_WORLD.Barrier()"""
 #: the cells of journey.ipynb, by what the test calls them
 JOURNEY = {
     "load": "%load_ext ipcmagic",
     "start": "%ipcluster start -n 4",
     "mpi": MPI_CELL,
+    "rank raises": RAISING_PX,
     "status": "%ipcluster status",
     "torchrun": TORCH_CELL.format(args="-n 2"),
     "long torchrun": SLEEPING_TORCHRUN,
@@ -520,6 +527,9 @@ def test_journey(hub1, page, shots_dir):
     c = run(page, cells.index("mpi"))
     shot(page, "px-allreduce", c, doc="px-allreduce.png")
     assert sorted(re.findall(r"rank (\d) of 4: allreduce\(rank\) = 6", output(c))) == ["0", "1", "2", "3"]
+    rank_raises(page, shot, cells.index("rank raises"))
+    c = run(page, cells.index("mpi"))  # the next %%px runs, on engines restarted for it
+    assert sorted(re.findall(r"rank (\d) of 4: allreduce\(rank\) = 6", output(c))) == ["0", "1", "2", "3"]
     c = run(page, cells.index("status"))
     shot(page, "ipcluster-status", c, doc="ipcluster-status.png")
     assert_status(c, 4)
@@ -567,6 +577,18 @@ def test_two_nodes(hub2, page, shots_dir):
     rank_dies(page, shot, cells.index("rank dies"))
     assert re.search(r"4 engines restarted in [\d.]+ s", output(run(page, cells.index("restart"))))
     busy_stop(page, hub2, shot, cells.index("long torchrun"))
+
+
+def rank_raises(page, shot: Shots, index: int) -> None:
+    """Issue 33: the cell fails at once, rank 1's traceback first, one line on the others last."""
+    started = time.monotonic()
+    c = run(page, index)
+    TIMINGS["%%px with rank 1 raising before a barrier"] = time.monotonic() - started
+    shot(page, "px-rank-raised", c, doc="px-rank-raised.png")
+    lines = [line for line in output(c).splitlines() if line.strip()]
+    assert "ValueError: rank one is unhappy" in lines, lines
+    assert lines[-1].startswith("ipcmagic: engine 1 (MPI rank 1, pid "), lines
+    assert lines[-1].endswith("so all 4 engines are being restarted: their variables are gone."), lines
 
 
 def rank_dies(page, shot: Shots, index: int) -> None:
