@@ -57,7 +57,15 @@ class FailFastResult(StreamedOnce):
         self._on_failure = on_failure
         self._error: FailedFast | None = None
         self.output_limit = output_limit
-        super().__init__(result._client, list(result._children), result._fname, result._targets, owner=True)
+        children = result._children[0] if result._single_result else list(result._children)  # one engine's
+        super().__init__(
+            result._client,
+            children,
+            result._fname,
+            result._targets,
+            owner=True,
+            return_exceptions=result._return_exceptions,
+        )
         if on_failure is None:
             return
         for index, child in enumerate(self._children):
@@ -119,12 +127,18 @@ class FailFastResult(StreamedOnce):
         raise self._error
 
 
-def result_fits() -> bool:
-    """Whether ipyparallel's AsyncResult has what :class:`FailFastResult` builds on."""
+def result_fits(result: AsyncResult) -> bool:
+    """Whether ipyparallel's AsyncResult, as ``result`` shows it, has what :class:`FailFastResult`
+    builds on."""
     callback = getattr(AsyncResult, "_iopub_streaming_output_callback", None)
     return fits(
         "AsyncResult internals",
         parameters(callback) == ["self", "eid", "msg_future", "msg"]
-        and callable(getattr(AsyncResult, "_collect_exceptions", None)),
-        "its streaming callback or exception collection changed",
+        and callable(getattr(AsyncResult, "_collect_exceptions", None))
+        and all(hasattr(result, name) for name in RESULT_PARTS),
+        "its streaming callback, exception collection or parts changed",
     )
+
+
+#: what :class:`FailFastResult` takes from the result it replaces
+RESULT_PARTS = ("_client", "_children", "_fname", "_targets", "_single_result", "_return_exceptions")

@@ -68,7 +68,7 @@ class PxView(DirectView):
         block = self.block if block is None else block
         # kwargs: ipyparallel 9.2's label, which 9.0 does not have
         result = super().execute(code, silent=silent, targets=targets, block=False, **kwargs)
-        if result_fits():  # streamed once; failing fast where it can
+        if result_fits(result):  # streamed once; failing fast where it can
             fails_fast = self.fail_fast and len(result) > 1
             result = FailFastResult(result, self.on_failure if fails_fast else None, self.output_limit)
         if block:  # as DirectView's

@@ -185,6 +185,6 @@ def test_an_async_result_whose_streaming_changed(ip, outside_slurm, monkeypatch,
         with pytest.raises(CompositeError) as failed:
             ipcmagic.view().execute(cell.format(ipcmagic.client()[1].apply_sync(__import__("os").getpid)))
     assert not isinstance(failed.value, FailedFast)
-    said = "AsyncResult internals: its streaming callback or exception collection changed; the stock"
+    said = "AsyncResult internals: its streaming callback, exception collection or parts changed; the"
     assert said in caplog.text
     ip.run_line_magic("ipcluster", "stop")
