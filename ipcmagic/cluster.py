@@ -28,7 +28,16 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .gpus import gpu_sets, use_gpus
-from .losses import Follower, guard_targets, names, on_this_node, process_alive, tell_controller
+from .losses import (
+    Follower,
+    describe_loss,
+    guard_targets,
+    lost_engines_message,
+    names,
+    on_this_node,
+    process_alive,
+    tell_controller,
+)
 from .slurm import Allocation, require_full_export
 from .status import ClusterStatus
 from .watchdog import Watchdog
@@ -475,7 +484,7 @@ class IPCluster(LoggingConfigurable):
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted(INTERRUPTED_START) from None
             raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
-        guard_targets(self.client, self.lost_engines, self.step, self.settle)
+        guard_targets(self.client, self.lost_engines, self.lost_message, self.settle)
         self._activate_px()
         self._take_roster()
         if plan.dask:
@@ -674,6 +683,13 @@ class IPCluster(LoggingConfigurable):
             if on_this_node(row):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(row["pid"], signal.SIGKILL)
+
+    def lost_message(self, rows: list[dict[str, Any]]) -> str:
+        """What work sent to the lost engines of ``rows`` raises: how they ended, and what to do
+        where the cell's end will not say what becomes of them (:meth:`after_loss`)."""
+        if self.restart_lost_engines or self.independent():
+            return f"{describe_loss(rows, self.step)}."
+        return lost_engines_message(rows, self.step)
 
     def independent(self) -> bool:
         """Whether the engines are no MPI world, so that one may go on without another."""

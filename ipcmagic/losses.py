@@ -266,11 +266,14 @@ def process_alive(pid: int) -> bool:
 
 
 def guard_targets(
-    client: Any, lost: Callable[[], list[dict[str, Any]]], step: str | None, settle: Callable[[], None]
+    client: Any,
+    lost: Callable[[], list[dict[str, Any]]],
+    said: Callable[[list[dict[str, Any]]], str],
+    settle: Callable[[], None],
 ) -> None:
     """Work sent to engines waits for a restart begun (``settle``), and to engines that are gone
-    raises :class:`EnginesLost` saying which and how, where ipyparallel raises a bare ``KeyError:
-    1`` (a view keeps the ids it was made with) or ``NoEnginesRegistered``.
+    raises :class:`EnginesLost` saying which and how (``said``), where ipyparallel raises a bare
+    ``KeyError: 1`` (a view keeps the ids it was made with) or ``NoEnginesRegistered``.
 
     Reaches into ``Client._build_targets``, through which every view sends; if ipyparallel no
     longer has it, its own errors stay.
@@ -289,6 +292,6 @@ def guard_targets(
             rows = lost()
             if not rows:
                 raise
-            raise EnginesLost(lost_engines_message(rows, step)) from None
+            raise EnginesLost(said(rows)) from None
 
     client._build_targets = _build_targets

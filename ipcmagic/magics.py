@@ -174,7 +174,7 @@ class IPClusterMagics(Magics):
         then, acted = self.cluster.after_loss()
         if not isinstance(error, EnginesLost):  # which says how they ended
             print(f"ipcmagic: {describe_loss(lost, self.cluster.step)}. {then}", file=sys.stderr)
-        elif acted:
+        elif acted or self.cluster.restart_lost_engines:  # the error left it to this line
             print(f"ipcmagic: {then}", file=sys.stderr)
 
     @magic_arguments()
