@@ -669,17 +669,16 @@ class IPCluster(LoggingConfigurable):
             self.auto_restarts.append(time.monotonic())
             self.restart(wait=False)
             return restart_lost_message(self.plan.n, most, done), True
-        if self.independent():
-            self._end_for_good(self.lost_engines())
+        if self.independent():  # frozen ones the controller let go must not run on when they thaw
+            self._kill_here(self.lost_engines())
             self.view.targets = [i for i in self.view.targets if i in self.client.ids]
             return go_on_message(self.view.targets, self.plan.launcher == "local"), True
         return restart_lost_message(self.plan.n, most, done), False
 
     @staticmethod
-    def _end_for_good(lost: list[dict[str, Any]]) -> None:
-        """SIGKILL the lost engines on this node that live on (frozen ones the controller let go),
-        so that none runs on unseen when it thaws. (Elsewhere they end with their step.)"""
-        for row in lost:
+    def _kill_here(rows: list[dict[str, Any]]) -> None:
+        """SIGKILL the engines of ``rows`` that run on this node (elsewhere: with their step)."""
+        for row in rows:
             if on_this_node(row):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(row["pid"], signal.SIGKILL)
@@ -706,12 +705,13 @@ class IPCluster(LoggingConfigurable):
         lost = self.lost_engines()
         if not lost:
             raise UsageError("No engine is lost; %ipcluster restart starts all engines anew.")
-        self._end_for_good(lost)
+        self._kill_here(lost)  # a frozen one the controller let go lives on
         kept = [i for i in self.client.ids if i in self.roster]
         self.follower.forget()
         self.follower = None
         self.cluster.start_engines_sync(len(lost))
-        self.restarting = (time.monotonic() + (timeout or self.timeout), timeout or self.timeout)
+        timeout = timeout or self.timeout
+        self.restarting = (time.monotonic() + timeout, timeout)
         self.settle(progress=True)
         return [i for i in self.client.ids if i not in kept]
 
@@ -720,9 +720,7 @@ class IPCluster(LoggingConfigurable):
         self.follower.forget()
         self.follower = None
         if kill:  # stuck in C code: SIGKILL those here at once (mpirun's stop sends SIGTERM first)
-            for pid in [row["pid"] for row in self.roster.values() if on_this_node(row)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            self._kill_here(list(self.roster.values()))
         self._end_engines(signal.SIGKILL if kill else signal.SIGTERM)
         self.cluster.stop_engines_sync()
         try:  # as each engine's nanny would, had it outlived its engine: the controller forgets

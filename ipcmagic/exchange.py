@@ -45,8 +45,8 @@ SILENT_NODE = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
 
 class Exchange:
     """One run's server: offers ``offer`` to every rank, keeps each rank's put in ``results``, its
-    node in ``nodes``, its announced exit status in ``exits``, when its connection closed without
-    one in ``vanished``, and when it ended either way in ``ended``."""
+    node in ``nodes``, its announced exit status in ``exits``, and when it ended (said its exit
+    status, or its connection closed without one) in ``ended``."""
 
     def __init__(self, offer: bytes, host: str) -> None:
         self.offer = offer
@@ -54,8 +54,7 @@ class Exchange:
         self.results: dict[int, bytes | bytearray] = {}
         self.nodes: dict[int, str] = {}
         self.exits: dict[int, int] = {}
-        self.vanished: dict[int, float] = {}  # rank -> time.monotonic() when its connection closed
-        self.ended: dict[int, float] = {}  # rank -> time.monotonic() when it said its exit status or vanished
+        self.ended: dict[int, float] = {}  # rank -> time.monotonic() when it ended
         self.refused = 0  # connections that could not prove the key
         self._closing = False
         self._server = socket.create_server((host, 0))
@@ -109,7 +108,7 @@ class Exchange:
             except (OSError, ValueError):
                 pass
             if not self._closing:
-                self.vanished[rank] = self.ended[rank] = time.monotonic()
+                self.ended[rank] = time.monotonic()
 
     def _admit(self, sock: socket.socket) -> int | None:
         """The rank of a connection that proves it holds the key, after the kernel's proof and
@@ -142,7 +141,8 @@ class Exchange:
         """Ranks whose connection closed without an exit status at least ``after`` seconds ago:
         rank -> node."""
         now = time.monotonic()
-        return {rank: self.nodes[rank] for rank, when in list(self.vanished.items()) if now - when >= after}
+        silent = [(rank, when) for rank, when in list(self.ended.items()) if rank not in self.exits]
+        return {rank: self.nodes[rank] for rank, when in silent if now - when >= after}
 
     def close(self) -> None:
         """Stop listening, end the connections still open, wait for the ranks' threads."""

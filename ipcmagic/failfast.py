@@ -23,7 +23,7 @@ from typing import Any
 from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.error import CompositeError
 
-from .halting import LOST, running
+from .halting import running, was_lost
 from .internals import fits, parameters
 from .streaming import StreamedOnce
 
@@ -56,6 +56,7 @@ class FailFastResult(StreamedOnce):
         self._alarm = threading.Event()  # an engine failed, or all finished
         self._on_failure = on_failure
         self._error: FailedFast | None = None
+        self._quiet: set[int] = set()  # engines ended on purpose, whose errors are not streamed
         self.output_limit = output_limit
         children = result._children[0] if result._single_result else list(result._children)  # one engine's
         super().__init__(
@@ -76,7 +77,7 @@ class FailFastResult(StreamedOnce):
         """An engine replied (in the client's thread): note the first that failed."""
         error = child.result()
         if self._failed is None and isinstance(error, Exception):
-            lost = getattr(error, "ename", None) == LOST
+            lost = was_lost(error)
             self._failed = (index, time.monotonic() + (LOSS_SETTLE if lost else SETTLE), lost)
             self._alarm.set()
 
@@ -114,7 +115,7 @@ class FailFastResult(StreamedOnce):
     def _iopub_streaming_output_callback(self, eid: int, msg_future: Any, msg: dict) -> None:
         """While streaming, the errors of the engines ended on purpose are not shown: the line on
         them says what happened."""
-        if msg["header"]["msg_type"] == "error" and eid in getattr(self, "_quiet", ()):
+        if msg["header"]["msg_type"] == "error" and eid in self._quiet:
             return
         super()._iopub_streaming_output_callback(eid, msg_future, msg)
 

@@ -30,12 +30,17 @@ def running(result: Any) -> list[int]:
     return [eid for eid, child in zip(result._targets, result._children, strict=True) if not child.done()]
 
 
+def was_lost(error: Any) -> bool:
+    """Whether an engine's reply ``error`` is ipyparallel's word that the engine was lost."""
+    return getattr(error, "ename", None) == LOST
+
+
 def vanished(result: Any) -> set[int]:
     """The ids of the engines whose part of ``result`` failed because they were lost."""
     return {
         eid
         for eid, child in zip(result._targets, result._children, strict=True)
-        if child.done() and getattr(child.result(), "ename", None) == LOST
+        if child.done() and was_lost(child.result())
     }
 
 
