@@ -17,8 +17,8 @@ import time
 
 import psutil
 
-from ipcmagic.cluster import IPCluster
-from ipcmagic.slurm import Allocation
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.cluster.ipcluster import IPCluster
 
 
 def cpu_seconds(proc: psutil.Process) -> float:

@@ -18,8 +18,8 @@ import numpy as np
 from IPython.core.interactiveshell import InteractiveShell
 
 from benchmarks.views import measure
-from ipcmagic.cluster import IPCluster
-from ipcmagic.pxview import px_view
+from ipcmagic.cluster.ipcluster import IPCluster
+from ipcmagic.cluster.pxview import px_view
 
 #: the most encryption may cost, as a ratio to the plain cluster's median
 GOAL = 1.5

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipcmagic.cluster import address_for
-from ipcmagic.slurm import Allocation
+from ipcmagic.base.addresses import address_for
+from ipcmagic.base.slurm import Allocation
 from ipcmagic.torchrun import launch
 
 #: reads N bytes from HOST:PORT and exits: the far end of the plain stream

@@ -21,7 +21,7 @@ import ipyparallel as ipp
 import zmq
 from jupyter_client.session import Session
 
-from ipcmagic.cluster import IPCluster
+from ipcmagic.cluster.ipcluster import IPCluster
 
 #: ipyparallel's IPEngine.mpi_registration_delay, for ranks from 100 on
 PACING = 0.02
@@ -78,7 +78,7 @@ def flood(n: int, processes: int, heartbeat_ms: int) -> tuple[float, float, int]
     ipc = ipp.Cluster(
         n=0,
         controller_args=cluster._controller_args(),
-        controller_launcher_class="ipcmagic.launchers.LocalControllerLauncher",
+        controller_launcher_class="ipcmagic.cluster.launchers.LocalControllerLauncher",
         log_level=40,
     )
     ipc.start_controller_sync()

@@ -22,8 +22,8 @@ from collections.abc import Callable
 import ipyparallel as ipp
 import psutil
 
-from ipcmagic.cluster import IPCluster
-from ipcmagic.slurm import Allocation
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.cluster.ipcluster import IPCluster
 
 Run = tuple[float, float, float]  # start s, stop s, kernel RSS MiB with the cluster up
 

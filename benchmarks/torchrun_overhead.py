@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipcmagic.slurm import Allocation
-from ipcmagic.torchrun import free_port
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.torchrun.plan import free_port
 
 SCRIPT = """
 import torch, torch.distributed as dist

@@ -19,8 +19,8 @@ import numpy as np
 import psutil
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipcmagic.cluster import IPCluster
-from ipcmagic.pxview import px_view
+from ipcmagic.cluster.ipcluster import IPCluster
+from ipcmagic.cluster.pxview import px_view
 
 #: issue 16: push 8 MiB to 64 engines at most this many ms; %%px no-op no slower than DirectView's
 PUSH_64_MS = 250.0

@@ -1,5 +1,7 @@
 """Sphinx configuration: the site is built from docs/*.md (MyST Markdown) and the example notebooks
-with the outputs they are shipped with (myst-nb, never executed here; nbval runs them in CI).
+with the outputs they are shipped with (myst-nb, never executed here; nbval runs them in CI and
+compares the outputs of the cells tagged nbval-check-output); a notebook shipped without its
+outputs fails the build (docs/_ext/example_outputs.py).
 
     sphinx-build -W -b html -c docs . docs/_build/html     # from the repository root
     python -m http.server -d docs/_build/html              # then open http://localhost:8000
@@ -17,7 +19,7 @@ author = "ipcmagic's developers"
 root_doc = "docs/index"
 # the repository root is the source directory: the pages in docs/, the notebooks in examples/
 include_patterns = ["docs/*.md", "docs/img/*", "examples/*.ipynb"]
-extensions = ["myst_nb", "magic_help"]
+extensions = ["myst_nb", "magic_help", "example_outputs"]
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3  # links such as failures.md#the-watchdog
 nb_execution_mode = "off"  # the outputs nbval checked, as the notebooks are shipped

@@ -8,7 +8,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = [
+    "__version__",
+    "client",
+    "dask_client",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    "view",
+]
 
 _magics = None  # the IPClusterMagics of this kernel, once loaded
 
@@ -17,14 +26,12 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics in ``ipython`` (``%load_ext ipcmagic``)."""
     global _magics
     if _magics is None or _magics.shell is not ipython:
-        from . import plain_client
         from .magics import IPClusterMagics
 
         _magics = IPClusterMagics(shell=ipython)
-        plain_client.install()  # a plain ipyparallel.Client() reaches this kernel's cluster
     ipython.register_magics(_magics)
     if _magics.cluster.client is None:
-        from .magics import deactivate_px
+        from .cluster.px_magics import deactivate_px
 
         deactivate_px(ipython, None)  # %px before any start says to start a cluster
     if _magics.report_failure not in ipython.events.callbacks["post_run_cell"]:

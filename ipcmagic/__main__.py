@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import __version__
 from .kernel import KernelInstallError, install
+from .version import __version__
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ipyparallel.controller import app
 
-from .internals import fits, parameters
+from .base.internals import fits, parameters
 
 if fits("ipyparallel.controller.app.time", getattr(app, "time", None) is time, "the module holds no time"):
     app.time = types.SimpleNamespace(**{**vars(time), "sleep": lambda seconds: None})

@@ -34,7 +34,7 @@ from typing import IO, Any, NoReturn
 from ipyparallel.engine import app, nanny
 from traitlets import Bool
 
-from .internals import fits, parameters
+from .base.internals import fits, parameters
 
 
 def import_kernel_without_debugger() -> None:

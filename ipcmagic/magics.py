@@ -13,14 +13,16 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, 
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-from . import __version__
-from .bounded import run_bounded
-from .cluster import LAUNCHERS, IPCluster
-from .losses import EnginesLost, describe_loss, names
-from .slurm import Allocation
+from . import plain_client
+from .base.slurm import Allocation
+from .cluster.bounded import run_bounded
+from .cluster.ipcluster import IPCluster
+from .cluster.losses import EnginesLost, describe_loss, names
+from .cluster.plan import LAUNCHERS
+from .cluster.watch import watch
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
-from .watch import watch
+from .version import __version__
 
 
 def _positive_seconds(text: str) -> int:
@@ -94,58 +96,6 @@ def _port(text: str) -> int:
 
 
 @magics_class
-class NoClusterMagics(Magics):
-    """``%px``, ``%%px``, ``%autopx``, ``%pxresult`` and ``%pxconfig`` while this kernel's cluster
-    is not running: they say so (ipyparallel's would use the stopped cluster's closed client)."""
-
-    @staticmethod
-    def _no_cluster() -> None:
-        raise UsageError("No cluster is running; start one with %ipcluster start.")
-
-    @line_cell_magic
-    def px(self, line: str = "", cell: str | None = None) -> None:
-        self._no_cluster()
-
-    @line_magic
-    def autopx(self, line: str = "") -> None:
-        self._no_cluster()
-
-    @line_magic
-    def pxresult(self, line: str = "") -> None:
-        self._no_cluster()
-
-    @line_magic
-    def pxconfig(self, line: str = "") -> None:
-        self._no_cluster()
-
-
-def deactivate_px(shell: Any, client: Any) -> None:
-    """After a stop: ``%px`` and friends that ran on ``client``'s engines say no cluster runs; those
-    of a view the user activated on another client stay.
-
-    One NoClusterMagics serves every stop (IPython keeps every Magics object ever made).
-    """
-    px = shell.magics_manager.magics["line"].get("px")
-    view = getattr(getattr(px, "__self__", None), "view", None)
-    if px is None or getattr(view, "client", None) is client:
-        made = [c for c in shell.configurables if isinstance(c, NoClusterMagics)]
-        shell.register_magics(made[0] if made else NoClusterMagics(shell))
-    if client is not None:
-        forget_px_magics(shell, client)
-
-
-def forget_px_magics(shell: Any, client: Any) -> None:
-    """Drop ipyparallel's ``%px`` magics of ``client``'s views from ``shell.configurables``, where
-    IPython keeps every Magics object ever made: they hold the client, its cluster and their
-    sockets, and a kernel would grow with each start and stop."""
-    from ipyparallel.client.magics import ParallelMagics
-
-    shell.configurables[:] = [
-        c for c in shell.configurables if not (isinstance(c, ParallelMagics) and c.view.client is client)
-    ]
-
-
-@magics_class
 class IPClusterMagics(Magics):
     """Magics that run an ipyparallel cluster in the Slurm allocation of this kernel."""
 
@@ -156,7 +106,7 @@ class IPClusterMagics(Magics):
 
     def report_failure(self, result) -> None:
         """After a cell, once its error was shown: what a fail-fast execute did to the engines
-        still running (:mod:`ipcmagic.failfast`), which engines ended and how (ipyparallel only
+        still running (:mod:`ipcmagic.cluster.failfast`), which engines ended and how (ipyparallel only
         says "N errors"), and what becomes of them (``c.IPCluster.restart_lost_engines``)."""
         if not self.cluster.running:
             return
@@ -277,15 +227,19 @@ class IPClusterMagics(Magics):
         )
         tic = time.perf_counter()
         self.cluster.start(plan, timeout=args.timeout)
+        plain_client.install(self._connection_file)  # a plain ipyparallel.Client() reaches it
         print(
             f"{plan.n} {plan.launcher} engines ready in {time.perf_counter() - tic:.1f} s; "
             "%%px runs cells on them."
         )
         self._describe_dask()
 
+    def _connection_file(self) -> str | None:
+        return self.cluster.connection_file if self.cluster.running else None
+
     def _describe_dask(self) -> None:
         if self.cluster.dask_client is not None:
-            from .daskcluster import describe
+            from .cluster.daskcluster import describe
 
             print(describe(self.cluster.dask_client))
 

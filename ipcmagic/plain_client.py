@@ -14,21 +14,16 @@ it is guarded: when the signature is not the one relied on, Client stays as ipyp
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
-from .internals import fits, parameters
+from .base.internals import fits, parameters
 
 #: Client arguments that say where to connect; a Client given none of them looks in the profile
 _WHERE = ("url_file", "url_or_file", "profile_dir", "cluster_id", "ipython_dir", "sshserver")
 _MARK = "_ipcmagic_default_connection"
-
-
-def _kernel_connection_file() -> str | None:
-    """The connection file of this kernel's running cluster, if one runs."""
-    import ipcmagic
-
-    magics = ipcmagic._magics
-    return magics.cluster.connection_file if magics is not None and magics.cluster.running else None
+#: the connection file of the kernel's running cluster, or None (the last install's)
+_kernel_cluster: Callable[[], str | None] | None = None
 
 
 def _connects_by_default(connection_info: Any, kwargs: dict[str, Any]) -> bool:
@@ -43,10 +38,14 @@ def _relied_on(init: Any) -> bool:
     return params[1:2] == ["connection_info"] and {"profile", "profile_dir", "cluster_id"} <= set(params)
 
 
-def install() -> None:
-    """Make a plain ``ipyparallel.Client()`` in this process reach the kernel's cluster (idempotent)."""
+def install(connection_file: Callable[[], str | None]) -> None:
+    """Make a plain ``ipyparallel.Client()`` in this process reach the cluster whose file
+    ``connection_file()`` names while one runs (Client is wrapped once; the last call's
+    ``connection_file`` counts)."""
     from ipyparallel import Client
 
+    global _kernel_cluster
+    _kernel_cluster = connection_file
     init = Client.__init__
     if getattr(init, _MARK, False):
         return
@@ -56,7 +55,7 @@ def install() -> None:
     @functools.wraps(init)
     def __init__(self: Any, connection_info: Any = None, *args: Any, **kwargs: Any) -> None:
         if _connects_by_default(connection_info, kwargs):
-            connection_info = _kernel_connection_file()
+            connection_info = _kernel_cluster()
         init(self, connection_info, *args, **kwargs)
 
     setattr(__init__, _MARK, True)

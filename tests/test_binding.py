@@ -9,7 +9,7 @@ import os
 import pytest
 
 import ipcmagic
-from ipcmagic.cluster import ClusterError
+from ipcmagic.base.errors import ClusterError
 from tests.conftest import run_in_job
 
 KERNEL = """

@@ -106,7 +106,7 @@ def test_stray_bytes_wedge_nothing(ip, in_allocation, capsys):
     logged ``DELIM not in msg_list``); restart did not mend it. Now they meet CurveZMQ's handshake."""
     ip.run_line_magic("ipcluster", "start -n 2")
     capsys.readouterr()
-    assert ipcmagic.client().session.key, "signed too (ipcmagic.cluster.encrypt)"
+    assert ipcmagic.client().session.key, "signed too (ipcmagic.cluster.encryption)"
     intruder = nobody("noise", cluster_ports())
     assert intruder.communicate(timeout=120)[1] == ""
     ip.run_cell_magic("px", "", "print('still here')")

@@ -14,7 +14,7 @@ import pytest
 
 import ipcmagic
 from ipcmagic import plain_client
-from ipcmagic.slurm import as_allocation, env_prefix, step_env
+from ipcmagic.base.slurm import as_allocation, env_prefix, step_env
 from tests.conftest import MPICH_LIBMPI, ROOT, TWO_NODE_LAB, run_in_job
 from tests.test_notebooks import NBVAL, run_nbval
 

@@ -14,8 +14,9 @@ import textwrap
 import psutil
 import pytest
 
-from ipcmagic.cluster import IPCluster, plan_engines
-from ipcmagic.slurm import Allocation
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.cluster.ipcluster import IPCluster
+from ipcmagic.cluster.plan import plan_engines
 from tests.conftest import ROOT
 
 #: runs in the configured IPython: start a cluster with the options of $START, print what runs

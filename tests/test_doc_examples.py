@@ -83,7 +83,13 @@ def test_every_skipped_example_says_why():
         assert all(reason.strip() for reason in examples(page)[1]), page
 
 
-@pytest.mark.parametrize("example", ALL, ids=[e.where for e in ALL])
+def param(example: Example):
+    """An example that runs torch (%%torchrun, ipcmagic.torchrun.launch, import torch) is marked torch."""
+    runs_torch = re.search(r"\btorch", "\n".join(example.cells))
+    return pytest.param(example, id=example.where, marks=pytest.mark.torch if runs_torch else ())
+
+
+@pytest.mark.parametrize("example", [param(e) for e in ALL])
 def test_example_runs_as_written(slurm, nothing_left, example):
     two_nodes = "-N" in example.job
     env = {**os.environ, **example.env}

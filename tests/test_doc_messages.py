@@ -13,11 +13,13 @@ import re
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic import cluster, halting, losses, torchrun
-from ipcmagic.cluster import EnginePlan, plan_engines, require_command
-from ipcmagic.exits import Ended
-from ipcmagic.gpus import gpu_sets
-from ipcmagic.slurm import Allocation
+from ipcmagic.base.commands import require_command
+from ipcmagic.base.exits import Ended
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.cluster import failed_start, halting, ipcluster, losses, roster
+from ipcmagic.cluster.gpus import gpu_sets
+from ipcmagic.cluster.plan import EnginePlan, plan_engines
+from ipcmagic.torchrun import RankError, run
 from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -78,32 +80,33 @@ def messages(monkeypatch) -> dict[str, str]:
     four = [{**ROW, "id": i, "rank": i, "pid": 4241 + i} for i in range(4)]
     return {
         "rank 1 exited": "TorchrunError: "
-        + torchrun._failure(
+        + run._failure(
             "srun: error: nid001: task 1: Exited with exit code 3\nsrun: error: nid001: task 0: Terminated\n",
             3,
             "srun",
         ),
-        "torchrun interrupted": f"KeyboardInterrupt: {torchrun.interrupted_message(2)}",
-        "rank raised": f"RankError: {torchrun.RankError(1, 'ValueError: boom', '')}",
-        "torchrun timeout": f"TorchrunError: {torchrun.timed_out_message(30)}",
+        "torchrun interrupted": f"KeyboardInterrupt: {run.interrupted_message(2)}",
+        "rank raised": f"RankError: {RankError(1, 'ValueError: boom', '')}",
+        "torchrun timeout": f"TorchrunError: {run.timed_out_message(30)}",
         "torchrun node lost": "NodeLost: "
-        + torchrun.lost_node_message({2: "nid002", 3: "nid002"}, [Ended((0,), "exited with code 1")]),
+        + run.lost_node_message({2: "nid002", 3: "nid002"}, [Ended((0,), "exited with code 1")]),
         "lost engine": f"ipcmagic: {losses.lost_engines_message(step, 'srun')}",
         "engines lost": f"EnginesLost: {losses.lost_engines_message(step, 'srun')}",
         "node lost": f"ipcmagic: {losses.describe_loss(node_lost(), 'srun')}.",
         "failed fast": halting.ended_message(ROW, False, four[:1] + four[2:], [0, 2, 3], 4, 1.0),
         "lost, the others ended": halting.ended_message(ROW, True, OTHERS, [], 3, 1.0),
         "went on": f"ipcmagic: {losses.describe_loss([{**ROW, 'rank': None}])}. "
-        + cluster.go_on_message([0, 2], True),
+        + ipcluster.go_on_message([0, 2], True),
         "restarted by itself": f"ipcmagic: {losses.describe_loss(step, 'srun')}. "
-        + cluster.restart_lost_message(4, 3, 0),
+        + ipcluster.restart_lost_message(4, 3, 0),
         "not on PATH": usage_error(require_command, "srun"),
-        "already running": f"UsageError: {cluster.already_running(plan)}",
-        "start interrupted": f"KeyboardInterrupt: {cluster.INTERRUPTED_START}",
-        "not one world": f"ClusterError: {cluster.split_worlds(rows, 4)}",
+        "already running": f"UsageError: {ipcluster.already_running(plan)}",
+        "start interrupted": f"KeyboardInterrupt: {ipcluster.INTERRUPTED_START}",
+        "not one world": f"ClusterError: {roster.split_worlds(rows, 4)}",
         "launcher exited": "ClusterError: "
-        + cluster._start_failure(plan, EngineError("exited"), "srun: error: ...", 0, 60),
-        "registered within": "ClusterError: " + cluster._start_failure(plan, TimeoutError(), "out", 2, 60),
+        + failed_start.start_failure(plan, EngineError("exited"), "srun: error: ...", 0, 60),
+        "registered within": "ClusterError: "
+        + failed_start.start_failure(plan, TimeoutError(), "out", 2, 60),
         "too few GPUs": f"ClusterError: {too_few_gpus()}",
         "too many CPUs": usage_error(plan_engines, Allocation("1", ("vm",), (5,), 5), n=4, cpus_per_engine=2),
     }

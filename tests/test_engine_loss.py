@@ -25,8 +25,8 @@ from ipyparallel.error import CompositeError
 from IPython.core.error import UsageError
 
 import ipcmagic
-from ipcmagic.failfast import FailedFast
-from ipcmagic.losses import EnginesLost, process_alive
+from ipcmagic.cluster.failfast import FailedFast
+from ipcmagic.cluster.losses import EnginesLost, process_alive
 from tests.conftest import run_in_job
 
 #: ways a rank dies, as the dying rank's code
@@ -344,7 +344,9 @@ def seen_on_two_nodes(script: str, name: str, env: dict[str, str]) -> dict[str, 
 
 #: in a job of the 2-node lab, the kernel on n1: one engine on n2 stops (SIGSTOP, as a debugger
 #: attached to it would) during a cell, for longer than the heartbeat tolerance
-STALL_ONE_ENGINE_ELSEWHERE = FOUR_ENGINES_ON_TWO_NODES + """
+STALL_ONE_ENGINE_ELSEWHERE = (
+    FOUR_ENGINES_ON_TWO_NODES
+    + """
 stalled = roster[3][0]
 threading.Timer(1.0, os.kill, (stalled, signal.SIGSTOP)).start()
 said = io.StringIO()
@@ -357,6 +359,7 @@ ip.run_line_magic("ipcluster", "stop")
 print(json.dumps({"failed": type(failed).__name__, "said": said.getvalue().strip(), "states": states,
                   "pids": pids, "roster": roster}))
 """
+)
 
 
 def test_one_stalled_engine_elsewhere_loses_that_engine_alone(two_nodes, nothing_left):
@@ -374,7 +377,9 @@ def test_one_stalled_engine_elsewhere_loses_that_engine_alone(two_nodes, nothing
 
 #: in a job of the 2-node lab, the kernel on n1: n2's share of the step dies (its slurmstepd, its
 #: engines and their nannies, at once, as in a node failure) while the ranks wait in MPI barriers
-LOSE_A_NODE_IN_A_JOB = FOUR_ENGINES_ON_TWO_NODES + """
+LOSE_A_NODE_IN_A_JOB = (
+    FOUR_ENGINES_ON_TWO_NODES
+    + """
 engines = [psutil.Process(row["pid"]) for row in cluster.roster.values() if row["host"] == "n2"]
 share = [*{e.parent() for e in engines}, *engines, *(c for e in engines for c in e.children(recursive=True))]
 died = []
@@ -396,6 +401,7 @@ ip.run_line_magic("ipcluster", "stop")
 print(json.dumps({"failed": type(failed).__name__, "after": after, "said": said.getvalue().strip(),
                   "states": states, "hosts": hosts, "stop": time.time() - tic, "roster": roster}))
 """
+)
 
 
 def test_a_node_lost_mid_cell_fails_it_and_the_rest_goes_on(two_nodes, nothing_left):
@@ -452,6 +458,31 @@ def test_engines_without_an_mpi_world_go_on_without_the_lost(ip, outside_slurm):
     with pytest.raises(UsageError, match="No engine is lost"):
         ip.run_line_magic("ipcluster", "restart --lost")
     ip.run_line_magic("ipcluster", "stop")
+
+
+#: in a job of the 2-node lab, the kernel on n1: a task of another step sleeps on n2, and is
+#: ended as a lost engine there is (an engine of no MPI world that the controller let go)
+KILL_ON_THE_OTHER_NODE = """
+import json, os, subprocess, time
+from ipcmagic.cluster.halting import kill_engines
+sleeper = ["bash", "-c", "echo $SLURM_JOB_ID.$SLURM_STEP_ID $$; exec sleep 300"]
+srun = ["srun", "--overlap", "-w", "n2", "-N1", "-n1"]
+task = subprocess.Popen([*srun, *sleeper], stdout=subprocess.PIPE, text=True)
+step, pid = task.stdout.readline().split()
+tic = time.time()
+kill_engines([{"host": "n2", "pid": int(pid), "step": step}])
+task.wait(10)
+print(json.dumps({"after": time.time() - tic, "returncode": task.returncode}))
+"""
+
+
+def test_a_lost_engine_on_another_node_is_ended_there(two_nodes, nothing_left):
+    """Issue 37 item 3 on the job's other nodes: a frozen engine the controller let go (no MPI
+    world) would run on when it thaws; a one-task step on its node SIGKILLs it."""
+    job = ["-N", "2", "-J", "ipcmagic-kill"]
+    out = run_in_job(job, ["-N", "1", "-n", "1"], KILL_ON_THE_OTHER_NODE, two_nodes)
+    seen = json.loads(out.splitlines()[-1])
+    assert seen["returncode"] != 0 and seen["after"] < 10, seen
 
 
 def test_mpi_ranks_cannot_be_replaced_one_by_one(ip, in_allocation):

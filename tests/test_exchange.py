@@ -13,9 +13,9 @@ import time
 import psutil
 import pytest
 
-from ipcmagic import exchange as exchange_module
-from ipcmagic import rank
-from ipcmagic.exchange import MAX_UNPROVEN, Exchange
+from ipcmagic.torchrun import exchange as exchange_module
+from ipcmagic.torchrun import rank
+from ipcmagic.torchrun.exchange import MAX_UNPROVEN, Exchange
 
 LOOPBACK = "127.0.0.1"
 #: nobody's attacks: ``big`` announces 1 GiB and trickles it, ``huge`` announces 2**64 - 1 bytes

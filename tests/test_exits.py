@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from ipcmagic.exits import KILLED_HINT, Ended, by_returncode, describe, rank_exits
-from ipcmagic.losses import describe_loss
+from ipcmagic.base.exits import KILLED_HINT, Ended, by_returncode, describe, rank_exits
+from ipcmagic.cluster.losses import describe_loss
 
 SRUN_STEP_ENDED = """\
 srun: error: vm: task 1: Exited with exit code 3

@@ -22,7 +22,7 @@ import pytest
 from ipyparallel.error import CompositeError
 
 import ipcmagic
-from ipcmagic.failfast import FailedFast
+from ipcmagic.cluster.failfast import FailedFast
 from tests.conftest import run_in_job
 
 #: the longest a cell may go on after one of its ranks raised

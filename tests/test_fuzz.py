@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
-from ipcmagic.cluster import EnginePlan, IPCluster
+from ipcmagic.cluster.ipcluster import IPCluster
+from ipcmagic.cluster.plan import EnginePlan
 
 WORDS = [
     "start",
@@ -71,7 +72,7 @@ def planned(monkeypatch) -> list[EnginePlan]:
 @pytest.fixture
 def torchrun_plans(monkeypatch) -> list:
     plans: list = []
-    monkeypatch.setattr("ipcmagic.torchrun.run", lambda plan, **kwargs: plans.append(plan))
+    monkeypatch.setattr("ipcmagic.torchrun.jobs.run", lambda plan, **kwargs: plans.append(plan))
     return plans
 
 

@@ -18,7 +18,8 @@ import pytest
 from ipyparallel import _async
 
 import ipcmagic
-from ipcmagic import internals, plain_client
+from ipcmagic import plain_client
+from ipcmagic.base import internals
 
 #: what each sitecustomize changes in a new process: a shape ipcmagic's patch relies on
 CHANGED = {
@@ -71,7 +72,7 @@ def assert_px_works(ip, start: str = "start -n 2 --launcher local") -> None:
     assert ipcmagic.client()[:]["x"] == [1, 1]
 
 
-#: what ipcmagic.internals logs for each change, when its debug messages are shown
+#: what ipcmagic.base.internals logs for each change, when its debug messages are shown
 SAID = {
     "nanny": "ipyparallel.engine.nanny: the nanny is started differently than ipcmagic forks it",
     "controller time": "ipyparallel.controller.app.time: the module holds no time",
@@ -84,8 +85,8 @@ SAID = {
 SHOW_DEBUG = """
 import logging
 from collections import deque
-logging.getLogger("ipcmagic.internals").addHandler(logging.StreamHandler())
-logging.getLogger("ipcmagic.internals").setLevel(logging.DEBUG)
+logging.getLogger("ipcmagic.base.internals").addHandler(logging.StreamHandler())
+logging.getLogger("ipcmagic.base.internals").setLevel(logging.DEBUG)
 """
 
 
@@ -108,7 +109,7 @@ def test_a_cluster_without_ipyparallels_thread_loop(ip, outside_slurm, monkeypat
     """Cluster._in_thread gone: each call runs on its own loop, as ipyparallel does in a terminal."""
     monkeypatch.delattr(_async.AsyncFirst, "_in_thread")
     monkeypatch.setattr(internals, "_said", set())
-    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.base.internals"):
         assert_px_works(ip)
     assert "Cluster._in_thread: ipyparallel's Cluster has none; the stock behaviour stays" in caplog.text
     ip.run_line_magic("ipcluster", "stop")
@@ -133,7 +134,7 @@ def test_a_client_whose_init_changed(ip, outside_slurm, monkeypatch):
         original(self, url_or_file, **kwargs)
 
     monkeypatch.setattr(ipp.Client, "__init__", changed)
-    plain_client.install()
+    plain_client.install(ipcmagic._magics._connection_file)
     assert ipp.Client.__init__ is changed
     assert_px_works(ip)
     ip.run_line_magic("ipcluster", "stop")
@@ -149,7 +150,7 @@ def test_a_client_without_the_broadcast_socket(ip, outside_slurm, monkeypatch, c
 
     monkeypatch.setattr(ipp.Client, "__init__", renamed)
     monkeypatch.setattr(internals, "_said", set())
-    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.base.internals"):
         assert_px_works(ip)
         assert ipcmagic.view().push({"y": 2}) == [None, None]
     assert ipcmagic.client()[:]["y"] == [2, 2]
@@ -163,7 +164,7 @@ def test_a_client_whose_registration_callbacks_changed(ip, outside_slurm, monkey
     hooks = property(lambda self: self.__dict__.setdefault("_hooks", deque()))  # no list, same use
     monkeypatch.setattr(ipp.Client, "_registration_callbacks", hooks)
     monkeypatch.setattr(internals, "_said", set())
-    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.base.internals"):
         assert_px_works(ip)
     assert ipcmagic._magics.cluster.follower.client is None
     assert "Client._registration_callbacks: it is no list; the stock behaviour stays" in caplog.text
@@ -175,11 +176,11 @@ def test_an_async_result_whose_streaming_changed(ip, outside_slurm, monkeypatch,
     from ipyparallel.client.asyncresult import AsyncResult
     from ipyparallel.error import CompositeError
 
-    from ipcmagic.failfast import FailedFast
+    from ipcmagic.cluster.failfast import FailedFast
 
     monkeypatch.setattr(AsyncResult, "_iopub_streaming_output_callback", lambda self, eid, msg: None)
     monkeypatch.setattr(internals, "_said", set())
-    with caplog.at_level(logging.DEBUG, logger="ipcmagic.internals"):
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.base.internals"):
         assert_px_works(ip)
         cell = "import os\nif os.getpid() == {}:\n    raise KeyError(2)\n__import__('time').sleep(1)"
         with pytest.raises(CompositeError) as failed:

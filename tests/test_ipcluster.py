@@ -14,8 +14,8 @@ import pytest
 from IPython.core.error import UsageError
 
 import ipcmagic
-from ipcmagic.cluster import ClusterError
-from ipcmagic.status import cpu_ranges
+from ipcmagic.base.errors import ClusterError
+from ipcmagic.cluster.status import cpu_ranges
 from tests.conftest import our_processes, run_in_job
 
 
@@ -173,7 +173,8 @@ def test_start_twice_and_stop_twice(ip, outside_slurm, capsys):
 
 
 def test_clusters_are_isolated(nothing_left, outside_slurm):
-    from ipcmagic.cluster import IPCluster, plan_engines
+    from ipcmagic.cluster.ipcluster import IPCluster
+    from ipcmagic.cluster.plan import plan_engines
 
     first, second = IPCluster(), IPCluster()
     try:

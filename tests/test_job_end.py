@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 import ipcmagic
-from ipcmagic.cluster import ClusterError
-from ipcmagic.watchdog import unconfirmed
+from ipcmagic.base.errors import ClusterError
+from ipcmagic.base.watchdog import unconfirmed
 
 #: a kernel-like process: a cluster, then a long %%torchrun cell; says when both run
 KERNEL = """
@@ -96,7 +96,7 @@ def slurmctld_down():
 
 def watchdogs() -> list[str]:
     running = (" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
-    return [cmdline for cmdline in running if "ipcmagic.watchdog" in cmdline]
+    return [cmdline for cmdline in running if "ipcmagic.base.watchdog" in cmdline]
 
 
 def test_what_runs_in_no_step_stops_without_asking_slurm(

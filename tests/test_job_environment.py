@@ -10,9 +10,9 @@ import subprocess
 import pytest
 
 import ipcmagic
-from ipcmagic.cluster import ClusterError
-from ipcmagic.launchers import SrunEngineSetLauncher
-from ipcmagic.slurm import FOREIGN_STEP_VARS, step_env
+from ipcmagic.base.errors import ClusterError
+from ipcmagic.base.slurm import FOREIGN_STEP_VARS, step_env
+from ipcmagic.cluster.launchers import SrunEngineSetLauncher
 from tests.conftest import run_in_job
 
 #: a value of each variable that breaks a plain ``srun --overlap -n 2`` in the test allocation

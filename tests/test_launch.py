@@ -13,9 +13,9 @@ import time
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic.cluster import LOOPBACK
-from ipcmagic.exchange import Exchange
+from ipcmagic.base.addresses import LOOPBACK
 from ipcmagic.torchrun import RankError, TorchrunError, TorchrunInterrupted, launch
+from ipcmagic.torchrun.exchange import Exchange
 from tests.conftest import run_in_job
 
 PUSH_PULL = """%%torchrun -n 2 --push lr,data --pull seen
@@ -180,11 +180,11 @@ for rank in (b"0 n1", b"1 n2"):  # wants the offer; would put a result and an ex
     with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
         sock.settimeout(10)
         exactly(sock, length.size + 32)  # the kernel's nonce, framed
-        for part in (rank, b"n" * 32, b"p" * 32, b"put", b"stolen", b"exit", b"0"):
-            send(sock, part)
         try:
+            for part in (rank, b"n" * 32, b"p" * 32, b"put", b"stolen", b"exit", b"0"):
+                send(sock, part)
             answer = sock.recv(4096)
-        except ConnectionResetError:  # closed with our bytes unread
+        except (ConnectionResetError, BrokenPipeError):  # closed on us, our bytes unread
             answer = b""
         print("answered" if answer else "refused")
 """

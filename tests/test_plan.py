@@ -6,12 +6,15 @@ import sys
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic.cluster import ClusterError, EnginePlan, _row, address_towards, plan_engines, split_worlds
-from ipcmagic.gpus import gpu_sets
-from ipcmagic.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
+from ipcmagic.base.addresses import address_towards
+from ipcmagic.base.errors import ClusterError
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.cluster.gpus import gpu_sets
+from ipcmagic.cluster.launchers import MpirunEngineSetLauncher, SrunEngineSetLauncher
+from ipcmagic.cluster.plan import EnginePlan, plan_engines
+from ipcmagic.cluster.roster import engine_row, split_worlds
+from ipcmagic.cluster.status import cpu_ranges
 from ipcmagic.magics import IPClusterMagics, _parse
-from ipcmagic.slurm import Allocation
-from ipcmagic.status import cpu_ranges
 
 ALLOC = Allocation(job_id="42", nodes=("n1",), cpus_per_node=(8,), env_tasks=6)
 
@@ -138,7 +141,7 @@ def test_entry_points_make_srun_a_cluster_engine_name():
 
 def test_split_worlds():
     def rows(*sizes):
-        return [_row(i, "alive", rank=0, size=size) for i, size in enumerate(sizes)]
+        return [engine_row(i, "alive", rank=0, size=size) for i, size in enumerate(sizes)]
 
     assert split_worlds(rows(3, 3, 3), 3) is None
     assert split_worlds(rows(None, None), 2) is None, "engines without mpi4py are not checked"
@@ -188,7 +191,7 @@ def test_bad_binding_requests(kwargs, message):
 
 def test_gpu_sets_by_place_on_each_host():
     def row(i, host, gpus=""):
-        return _row(i, "alive", host=host, gpus=gpus)
+        return engine_row(i, "alive", host=host, gpus=gpus)
 
     rows = [row(0, "a"), row(1, "a"), row(2, "b"), row(3, "b")]
     assert gpu_sets(rows, 1) == {0: "0", 1: "1", 2: "0", 3: "1"}

@@ -14,7 +14,7 @@ from ipyparallel import interactive as on_engines  # the function's names are th
 from ipyparallel.error import CompositeError
 
 import ipcmagic
-from ipcmagic.pxview import CACHES, PxView
+from ipcmagic.cluster.pxview import CACHES, PxView
 
 RANKS = "from mpi4py import MPI\nrank = MPI.COMM_WORLD.rank\nprint('rank', rank)"
 FAILS_ON_RANK_1 = "if rank == 1:\n    raise ZeroDivisionError(f'rank {rank} divided by zero')"

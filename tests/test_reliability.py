@@ -16,8 +16,8 @@ from IPython.core.error import UsageError
 from jupyter_client.manager import start_new_kernel
 
 import ipcmagic
-from ipcmagic.bounded import ParallelTimeout
-from ipcmagic.cluster import ClusterError
+from ipcmagic.base.errors import ClusterError
+from ipcmagic.cluster.bounded import ParallelTimeout
 from tests.conftest import engine_processes
 
 LAUNCHERS = {  # launcher -> (where the kernel runs, extra start options)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ipcmagic.slurm import Allocation, expand_counts, expand_hostlist
+from ipcmagic.base.slurm import Allocation, expand_counts, expand_hostlist
 
 
 @pytest.mark.parametrize(

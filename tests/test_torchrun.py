@@ -16,19 +16,12 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from ipcmagic.exits import KILLED_HINT
-from ipcmagic.slurm import Allocation
-from ipcmagic.torchrun import (
-    CELL_VAR,
-    STANDALONE_PROGRAM,
-    TorchrunError,
-    TorchrunInterrupted,
-    _failure,
-    _prefixed,
-    plan_srun,
-    plan_standalone,
-    pop_distributed_env,
-)
+from ipcmagic.base.exits import KILLED_HINT
+from ipcmagic.base.slurm import Allocation
+from ipcmagic.torchrun import TorchrunError, TorchrunInterrupted, pop_distributed_env
+from ipcmagic.torchrun.plan import STANDALONE_PROGRAM, plan_srun, plan_standalone
+from ipcmagic.torchrun.rank import CELL_VAR
+from ipcmagic.torchrun.run import _failure, _prefixed
 from tests.conftest import run_in_job
 
 ALLREDUCE = """
@@ -164,10 +157,11 @@ FAILURES = [
 
 @pytest.mark.parametrize(("launcher", "failing", "said"), FAILURES)
 def test_failing_ranks_fail_the_cell_at_once_naming_them(
-    ip, in_allocation, torch_installed, launcher, failing, said
+    ip, in_allocation, torch_installed, capsys, launcher, failing, said
 ):
     """srun's task lists (``task 1``, ``tasks 0-1``, ``tasks 0,2``) and the standalone launcher's, exit codes
-    and signals; the cell fails within 2 s of the first death."""
+    and signals; the cell fails within 2 s of the first death, and says so in one line: the
+    launcher's own lines on the ends (srun's, slurmstepd's) are not shown above it."""
     stamps = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="ipcmagic-deaths-"))
     action, condition = failing.split(" if ")
     code = (
@@ -186,6 +180,8 @@ def test_failing_ranks_fail_the_cell_at_once_naming_them(
     finally:
         shutil.rmtree(stamps)
     assert str(failed.value) == said
+    shown = capsys.readouterr().out.splitlines()
+    assert [line for line in shown if not line.startswith(("[0] ", "[1] ", "[2] "))] == [], shown
 
 
 def test_a_rank_ends_as_python_would(ip, outside_slurm, torch_installed, capsys):

@@ -17,7 +17,7 @@ import zmq
 from decorator import decorator
 
 from ipyparallel import Client, error
-from ipcmagic.pxview import PxView
+from ipcmagic.cluster.pxview import PxView
 
 from . import add_engines, launchers
 

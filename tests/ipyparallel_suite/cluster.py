@@ -13,7 +13,8 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from ipcmagic.cluster import IPCluster, launcher_class
+from ipcmagic.cluster.ipcluster import IPCluster
+from ipcmagic.cluster.plan import launcher_class
 
 #: as ipyparallel's test harness starts its engines
 ENGINE_ARGS = ["--InteractiveShell.colors=nocolor"]

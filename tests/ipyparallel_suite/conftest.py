@@ -28,10 +28,10 @@ from . import VENDORED, setup, teardown
 def default_config():
     """Return a config object with good defaults for testing."""
     config = Config()
-    config.TerminalInteractiveShell.colors = 'NoColor'
+    config.TerminalInteractiveShell.colors = "NoColor"
     config.TerminalTerminalInteractiveShell.term_title = (False,)
     config.TerminalInteractiveShell.autocall = 0
-    f = NamedTemporaryFile(suffix='test_hist.sqlite', delete=False)
+    f = NamedTemporaryFile(suffix="test_hist.sqlite", delete=False)
     config.HistoryManager.hist_file = str(Path(f.name))
     f.close()
     config.HistoryManager.db_cache_size = 10000
@@ -76,7 +76,7 @@ def cluster(request, ipython_dir):
         teardown()
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def ipython(ipython_dir):
     InteractiveShell.clear_instance()  # another test module's shell
     config = default_config()

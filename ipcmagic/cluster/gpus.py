@@ -33,7 +33,7 @@ def use_gpus(devices: str) -> Any:
     """Runs on an engine, before anything there initialised CUDA: see only ``devices``."""
     import os
 
-    from ipcmagic.replies import plain
+    from ipcmagic.cluster.replies import plain
 
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     return plain(None)

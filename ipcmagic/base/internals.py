@@ -2,7 +2,7 @@
 
 Each reach first checks the shape it relies on (a name, a signature, what a module holds); when
 the shape differs, ipcmagic keeps the dependency's stock behaviour, slower but never broken, and
-says why once, at debug level, on the ``ipcmagic.internals`` logger.
+says why once, at debug level, on the ``ipcmagic.base.internals`` logger.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable
 
-log = logging.getLogger("ipcmagic.internals")
+log = logging.getLogger("ipcmagic.base.internals")
 _said: set[str] = set()
 
 

@@ -4,7 +4,7 @@ cell, the script file, or the launched function, with the notebook's values in a
 The ranks run this file's source as ``python -c`` (their Python may be a container's, without
 ipcmagic), so it uses the standard library only, and pickle (cloudpickle's pickles need
 cloudpickle there). With ``$IPCMAGIC_EXCHANGE`` it talks to the kernel's
-:class:`ipcmagic.exchange.Exchange` over one TCP connection for the rank's life (:class:`Kernel`):
+:class:`ipcmagic.torchrun.exchange.Exchange` over one TCP connection for the rank's life (:class:`Kernel`):
 both sides first prove that they hold the run's key (``$IPCMAGIC_EXCHANGE_KEY``), then one value
 goes each way, and the rank's exit status last.
 

@@ -10,7 +10,7 @@ never in an environment variable, a command line or a file, so nothing needs a s
 system and nothing is left behind. A connection that closes without an exit status is a rank
 that died (TCP keepalive notices a node that went silent within :data:`SILENT_NODE` s); when
 the launcher does not report that death, the rank's node is lost. The ranks' side is
-:mod:`ipcmagic.rank`.
+:mod:`ipcmagic.torchrun.rank`.
 
 Before its proof a connection can cost the kernel little: it gets no more than
 :data:`HANDSHAKE_TIMEOUT` s in all, messages of :data:`UNPROVEN_BYTES` at most, and no more than

@@ -24,8 +24,8 @@ from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.client.futures import multi_future
 from ipyparallel.client.view import BroadcastView, DirectView
 
+from ..base.internals import fits
 from .failfast import FailFastResult, result_fits
-from .internals import fits
 
 #: the client's per-message caches, which ipyparallel empties when a DirectView's reply arrives
 CACHES = ("results", "_futures", "_output_futures", "metadata")
@@ -33,8 +33,8 @@ CACHES = ("results", "_futures", "_output_futures", "metadata")
 
 class PxView(DirectView):
     """A DirectView whose blocking push to several idle engines goes out once, whose execute on
-    several engines fails fast (:mod:`ipcmagic.failfast`) while ``fail_fast`` holds, and whose
-    executes stream their output once (:mod:`ipcmagic.streaming`)."""
+    several engines fails fast (:mod:`ipcmagic.cluster.failfast`) while ``fail_fast`` holds, and whose
+    executes stream their output once (:mod:`ipcmagic.cluster.streaming`)."""
 
     _interrupted: AsyncResult | None = None
     #: whether an execute ends when one engine fails while others run (False: wait for all)

@@ -9,7 +9,7 @@ from typing import Any
 import ipyparallel as ipp
 from ipyparallel.util import progress
 
-from .internals import fits
+from ..base.internals import fits
 
 
 class Cluster(ipp.Cluster):
@@ -25,7 +25,7 @@ class Cluster(ipp.Cluster):
     def _synchronize(self, async_f: Any, *args: Any, **kwargs: Any) -> Any:
         """Run every ``_sync`` method on the one thread whose event loop lives as long as the
         cluster, as ipyparallel does in a Jupyter kernel; in a terminal it would run each on a loop
-        it closes at return, and the launchers' exit callbacks (:mod:`ipcmagic.losses`) would never
+        it closes at return, and the launchers' exit callbacks (:mod:`ipcmagic.cluster.losses`) would never
         run. Guarded: without ``_in_thread``, ipyparallel's own choice."""
         run = getattr(super(), "_in_thread", None)
         if not fits("Cluster._in_thread", callable(run), "ipyparallel's Cluster has none"):

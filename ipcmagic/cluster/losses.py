@@ -6,7 +6,7 @@ the nannies go with it, so a running ``%%px`` waited the full tolerance. ipcmagi
 engine launchers instead: when srun or mpirun exits, or a local engine does, the launcher's
 ``on_stop`` callback tells the controller that those engines are gone (as a nanny would), so the
 client fails their work at once, and keeps how each ended in the launcher's own words
-(:mod:`ipcmagic.exits`). Heartbeats remain for what no launcher sees: a frozen engine, a hung node.
+(:mod:`ipcmagic.base.exits`). Heartbeats remain for what no launcher sees: a frozen engine, a hung node.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .exits import by_returncode, first_heard_first, rank_exits, sentence
-from .internals import fits, parameters
+from ..base.exits import by_returncode, first_heard_first, rank_exits, sentence
+from ..base.internals import fits, parameters
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """``%%pxtimeout SECONDS``: a parallel cell that cannot run longer than SECONDS.
 
 The cell runs on the engines as ``%%px`` does (output streams live; one engine's error or loss
-fails it at once, :mod:`ipcmagic.failfast`). Past ``SECONDS`` the engines are ended as a failed
-cell's others are (:mod:`ipcmagic.halting`): SIGINT, a ``KeyboardInterrupt`` in Python code; those
+fails it at once, :mod:`ipcmagic.cluster.failfast`). Past ``SECONDS`` the engines are ended as a failed
+cell's others are (:mod:`ipcmagic.cluster.halting`): SIGINT, a ``KeyboardInterrupt`` in Python code; those
 that still do not finish within the grace time, typically ranks deadlocked in MPI, are restarted
 with the whole cluster, because their MPI world is broken. The cell then fails, saying which.
 """
 
 from __future__ import annotations
 
-from .cluster import IPCluster
 from .halting import GRACE, halt
+from .ipcluster import IPCluster
 
 
 class ParallelTimeout(RuntimeError):

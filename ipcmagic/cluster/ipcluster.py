@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import copy
 import dataclasses
-import importlib.util
 import logging
 import os
-import re
-import secrets
-import shlex
-import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -27,7 +19,15 @@ from IPython.core.getipython import get_ipython
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
+from ..base.addresses import LOOPBACK, address_for
+from ..base.commands import require_command, resolve_launcher
+from ..base.errors import ClusterError, Interrupted
+from ..base.slurm import Allocation
+from ..base.watchdog import Watchdog
+from .encryption import add_controller_env, encrypt
+from .failed_start import start_failure
 from .gpus import gpu_sets, use_gpus
+from .halting import GRACE, ended_message, halt, kill_engines, running, vanished
 from .losses import (
     Follower,
     describe_loss,
@@ -38,23 +38,14 @@ from .losses import (
     process_alive,
     tell_controller,
 )
-from .slurm import Allocation, require_full_export
+from .plan import EXTRA_ARGS, LAUNCHERS, EnginePlan, launcher_class, plan_engines, site_options
+from .px_magics import deactivate_px
+from .roster import engine_info, engine_row, split_worlds
 from .status import ClusterStatus
-from .watchdog import Watchdog
 
-LAUNCHERS = ("auto", "srun", "mpirun", "local")
-LOOPBACK = "127.0.0.1"
 #: seconds of a start's --timeout kept for stopping what a failed start started (srun's grace of
 #: 1 s after SIGTERM, then up to 2 s for Slurm to confirm that the step is gone)
 STOP_RESERVE = 3.0
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be started or reached; the message says why and what to do."""
-
-    def _render_traceback_(self) -> list[str]:
-        # IPython shows this instead of a traceback through ipcmagic's internals
-        return [f"{type(self).__name__}: {self}"]
 
 
 INTERRUPTED_START = "%ipcluster start interrupted; everything started was stopped."
@@ -69,260 +60,6 @@ def already_running(plan: EnginePlan) -> str:
         f"A cluster with {plan.n} {plan.launcher} engines is already running; "
         "stop it first with %ipcluster stop."
     )
-
-
-class Interrupted(KeyboardInterrupt):
-    """The user interrupted the kernel; the message says what was stopped."""
-
-    def _render_traceback_(self) -> list[str]:
-        # one line, as Python's own KeyboardInterrupt reads: the frames were ipcmagic's waiting
-        return [f"KeyboardInterrupt: {self}"]
-
-
-@dataclass(frozen=True)
-class EnginePlan:
-    """What will run: a launcher, how many engines, the launcher's traits, and what ipcmagic does
-    on the engines once they run."""
-
-    launcher: str
-    n: int
-    traits: dict[str, Any] = field(default_factory=dict)
-    #: CPUs per engine (also the threads of each dask worker)
-    cpus: int = 1
-    #: GPUs per engine that ipcmagic hands out by CUDA_VISIBLE_DEVICES (srun: Slurm does, then 0)
-    gpus: int = 0
-    #: make the engines a dask.distributed cluster
-    dask: bool = False
-
-    @property
-    def launcher_class(self) -> type:
-        return launcher_class(self.launcher)
-
-
-def launcher_class(name: str) -> type:
-    """The ipyparallel engine-set launcher class of a launcher name."""
-    from . import launchers
-
-    return getattr(launchers, f"{name.capitalize()}EngineSetLauncher")
-
-
-def resolve_launcher(
-    launcher: str, allocation: Allocation | None, choices: tuple[str, ...] = LAUNCHERS, outside: str = "local"
-) -> str:
-    """The launcher that ``auto`` means here (srun in an allocation, else ``outside``),
-    or UsageError for an unknown or impossible one."""
-    if launcher not in choices:
-        raise UsageError(f"Unknown launcher {launcher!r}; use one of {', '.join(choices)}.")
-    if launcher == "auto":
-        return "srun" if allocation else outside
-    if launcher == "srun" and allocation is None:
-        raise UsageError(
-            "The srun launcher needs a Slurm allocation, but SLURM_JOB_ID is not set; "
-            f"run the notebook inside salloc/sbatch or use --launcher {outside}."
-        )
-    return launcher
-
-
-def encrypt(config: Config, profile_dir: str) -> None:
-    """CurveZMQ on every connection of the cluster whose controller ``config`` starts: the
-    controller makes the keys; its public one, which every peer needs, is only in the cluster's
-    private files (0600 in the 0700 ``profile_dir``) and the engines' private environment.
-
-    Messages stay signed with a fresh HMAC key too: ipyparallel turns signing off with CurveZMQ
-    unless the controller's configuration names a key (every engine then warns "Message signing
-    is disabled. This is insecure"). The key goes in the controller's configuration file in
-    ``profile_dir`` (never on a command line), and from there into the connection files as ever.
-    CurveZMQ is asked for in the controller's environment: a command-line option would be read
-    before that file, and turn signing off."""
-    add_controller_env(config, {"IPP_ENABLE_CURVE": "1"})
-    path = os.path.join(profile_dir, "ipcontroller_config.py")  # bytes: JSON has none
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(f"c.Session.key = {secrets.token_hex(32).encode()!r}\n")
-
-
-def add_controller_env(config: Config, env: dict[str, str]) -> None:
-    """``env`` in the environment of the controller that ``config`` starts."""
-    controller = config.LocalControllerLauncher
-    controller.environment = {**controller.get("environment", {}), **env}
-
-
-def require_command(command: str) -> None:
-    """UsageError unless ``command`` (srun, mpirun) is on PATH."""
-    if not shutil.which(command):
-        raise UsageError(f"{command} is not on PATH; load it (e.g. module load) or use another launcher.")
-
-
-#: what --dask imports, and what it is for
-DASK_NEEDS = {"distributed": "dask.distributed", "cryptography": "cryptography (for its TLS certificate)"}
-
-
-def plan_engines(
-    allocation: Allocation | None,
-    *,
-    launcher: str = "auto",
-    n: int | None = None,
-    cpus_per_engine: int | None = None,
-    cpu_bind: str = "",
-    gpus_per_engine: int = 0,
-    mpi: str | None = None,
-    dask: bool = False,
-    launcher_args: str = "",
-) -> EnginePlan:
-    """Turn a user's request into an EnginePlan, or raise UsageError saying what to change."""
-    launcher = resolve_launcher(launcher, allocation)
-    if launcher != "srun" and (cpu_bind or mpi):
-        raise UsageError("--cpu-bind and --mpi apply to the srun launcher only.")
-    if launcher == "local" and cpus_per_engine is not None:
-        raise UsageError("-c/--cpus-per-engine applies to the srun and mpirun launchers only.")
-    if n is None:  # MPI engines fill the job's tasks, local ones this node's CPUs
-        n = allocation.tasks() if allocation and launcher != "local" else os.cpu_count() or 1
-    if n < 1:
-        raise UsageError(f"-n must be at least 1 engine, not {n}.")
-    cpus = 1 if cpus_per_engine is None else cpus_per_engine
-    if cpus < 1:
-        raise UsageError(f"-c must be at least 1 CPU per engine, not {cpus}.")
-    if gpus_per_engine < 0:
-        raise UsageError(f"--gpus-per-engine must be 0 or more, not {gpus_per_engine}.")
-    if launcher == "srun" and n * cpus > allocation.cpus:
-        raise UsageError(
-            f"{n} engines with {cpus} CPU(s) each need {n * cpus} CPUs, but this allocation has "
-            f"{allocation.cpus}; use -n {allocation.cpus // cpus} or fewer, or a larger allocation."
-        )
-    missing = [name for name in DASK_NEEDS if dask and not importlib.util.find_spec(name)]
-    if missing:
-        raise UsageError(
-            f"--dask needs {' and '.join(DASK_NEEDS[name] for name in missing)} in this kernel: "
-            "pip install 'ipcmagic[dask]'."
-        )
-    try:
-        args = shlex.split(launcher_args)
-    except ValueError as e:
-        raise UsageError(f"--launcher-args {launcher_args!r} is not valid shell syntax: {e}.") from None
-    traits: dict[str, Any]
-    if launcher == "srun":
-        require_full_export(args, "--launcher-args")
-        traits = {
-            "mpi_args": args,
-            "cpus_per_engine": cpus,
-            "cpu_bind": cpu_bind,
-            "gpus_per_engine": gpus_per_engine,
-        }
-        if mpi:
-            traits["mpi"] = mpi
-    elif launcher == "mpirun":
-        traits = {"mpi_args": args, "cpus_per_engine": cpus_per_engine or 0}
-    else:
-        traits = {"engine_args": args, "delay": 0.0}
-    handed_out = 0 if launcher == "srun" else gpus_per_engine
-    return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask)
-
-
-#: %ipcluster start options that a site may configure on the launchers
-SITE_OPTIONS = ("cpus_per_engine", "cpu_bind", "gpus_per_engine", "mpi")
-#: the launchers' lists of extra arguments: the site's, then the user's
-EXTRA_ARGS = ("mpi_args", "engine_args")
-
-
-def site_options(configured: Any) -> dict[str, Any]:
-    """The start options a site set on a launcher (``ipython_config.py``): the traits of
-    :data:`SITE_OPTIONS` it has, where they differ from ipcmagic's defaults."""
-    return {
-        name: getattr(configured, name)
-        for name in SITE_OPTIONS
-        if configured.has_trait(name) and getattr(configured, name) != configured.trait_defaults(name)
-    }
-
-
-def address_for(nodes: tuple[str, ...] | list[str]) -> str:
-    """Where processes on ``nodes`` reach this host: loopback when all run here, else this host's
-    address towards the others."""
-    here = {socket.gethostname(), socket.gethostname().split(".")[0]}
-    remote = [node for node in nodes if node not in here]
-    return address_towards(remote) if remote else LOOPBACK
-
-
-def address_towards(hosts: list[str]) -> str:
-    """This host's IPv4 address on the interface that routes to ``hosts`` (no packet is sent)."""
-    for host in hosts:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.connect((socket.gethostbyname(host), 9))  # UDP connect: only picks the route
-                return probe.getsockname()[0]
-        except OSError:
-            continue
-    raise ClusterError(
-        f"Cannot find this host's address towards the allocation's other nodes ({', '.join(hosts)}); "
-        "set it with c.IPCluster.controller_ip in ipython_config.py."
-    )
-
-
-def _engine_info() -> Any:
-    """Runs on an engine: its MPI rank and world size (None without MPI), host, pid, CPU
-    affinity, CUDA_VISIBLE_DEVICES and Slurm step, as a dict."""
-    import os
-    import socket
-    import sys
-
-    from ipcmagic.replies import plain
-    from ipcmagic.status import cpu_ranges
-
-    world = sys.modules["mpi4py.MPI"].COMM_WORLD if "mpi4py.MPI" in sys.modules else None
-    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
-    return plain(
-        {
-            "rank": world.Get_rank() if world else None,
-            "size": world.Get_size() if world else None,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "cpus": cpu_ranges(os.sched_getaffinity(0)),
-            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "step": f"{job}.{step}" if job and step else None,
-        }
-    )
-
-
-def split_worlds(rows: list[dict[str, Any]], n: int) -> str | None:
-    """Why the engines in ``rows`` are not MPI ranks 0..n-1 of one world, or None when they are
-    (or do not use MPI)."""
-    sizes = sorted({row["size"] for row in rows if row["size"] is not None})
-    if not sizes or sizes == [n]:
-        return None
-    return (
-        f"The {n} engines are not one MPI world: they see COMM_WORLD sizes {sizes}, not {n}. "
-        "The MPI library does not match the launcher's process manager; with srun pick the "
-        "plugin your MPI needs (--mpi pmix for Open MPI, --mpi pmi2 for MPICH; srun --mpi=list "
-        "shows them), or use --launcher mpirun."
-    )
-
-
-#: the engine's log line when it looks for ipyparallel's default connection file (no cluster id):
-#: it did not get this cluster's environment (its own file may just not be there yet)
-_NO_CONNECTION_FILE = re.compile(r"Connection file '[^']*/ipcontroller-engine\.json' not found")
-
-
-def _start_failure(plan: EnginePlan, error: BaseException, output: str, ready: int, timeout: float) -> str:
-    """The message of a failed start: the real cause where it shows, with the launcher's output."""
-    from ipyparallel.error import EngineError
-
-    if isinstance(error, TimeoutError) and _NO_CONNECTION_FILE.search(output):
-        reason = (
-            "the engines did not receive ipcmagic's environment: they looked for ipyparallel's "
-            "default connection file instead of this cluster's. Something between the kernel and the "
-            "engines dropped their environment (an srun --export list in --launcher-args, or a "
-            "container or wrapper that starts from a clean environment); waiting longer will not help"
-        )
-    elif isinstance(error, TimeoutError):
-        told = "see the launcher's output below" if output else "the launcher printed nothing"
-        if not (ready or output):  # nothing else explains it
-            told += " (if they are still starting, raise --timeout)"
-        reason = f"{ready} of {plan.n} engines registered within {timeout} s; {told}"
-    elif isinstance(error, EngineError):
-        reason = f"the {plan.launcher} launcher exited before all engines registered"
-    else:
-        reason = f"{type(error).__name__}: {error}"
-    message = f"Starting {plan.n} {plan.launcher} engines failed: {reason}. Everything started was stopped."
-    return "\n".join([message, *output.splitlines()[-40:]])
 
 
 class IPCluster(LoggingConfigurable):
@@ -399,7 +136,7 @@ class IPCluster(LoggingConfigurable):
         self._settling = threading.RLock()
         self.cluster = None  # ipyparallel.Cluster while running
         self.client = None
-        self.view = None  # what %px runs on (ipcmagic.pxview)
+        self.view = None  # what %px runs on (ipcmagic.cluster.pxview)
         self.dask_client = None  # distributed.Client while the engines are dask workers
         self.dask_security = None  # their certificate (distributed.security.Security)
         self.watchdog: Watchdog | None = None
@@ -483,7 +220,7 @@ class IPCluster(LoggingConfigurable):
             self.stop()
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted(INTERRUPTED_START) from None
-            raise ClusterError(_start_failure(plan, e, output, ready, timeout)) from None
+            raise ClusterError(start_failure(plan, e, output, ready, timeout)) from None
         guard_targets(self.client, self.lost_engines, self.lost_message, self.settle)
         self._activate_px()
         self._take_roster()
@@ -512,15 +249,13 @@ class IPCluster(LoggingConfigurable):
             self.view.activate()
 
     def _end_the_rest(self, result: Any, failed: int, lost: bool) -> str | None:
-        """Engine ``failed`` failed (or was ``lost``) while others ran ``result``
-        (:mod:`ipcmagic.failfast`): end them (:func:`ipcmagic.halting.halt`); the line that says
-        so (also kept in ``ended`` for the cell's end), None where they all ended by themselves."""
-        from .halting import GRACE, ended_message, halt, running, vanished
-
+        """Engine ``failed`` failed (or was ``lost``) while others ran ``result`` (:mod:`.failfast`):
+        end them (:func:`.halting.halt`); the line that says so (also kept in ``ended`` for the
+        cell's end), None where they all ended by themselves."""
         others = running(result)
         stuck = halt(self, result, GRACE)
         gone = vanished(result) - set(stuck)  # lost meanwhile: their step ended, say
-        rows = {i: self.roster.get(i) or _row(i, "gone") for i in (failed, *others)}
+        rows = {i: self.roster.get(i) or engine_row(i, "gone") for i in (failed, *others)}
         ended = [rows[i] for i in others if i not in gone]
         self.ended = ended_message(rows[failed], lost, ended, stuck, self.plan.n, GRACE)
         return self.ended
@@ -569,7 +304,7 @@ class IPCluster(LoggingConfigurable):
         before the allocation is asked; binding CPUs with mpirun needs Open MPI's options."""
         from .launchers import is_open_mpi
 
-        launcher = resolve_launcher(launcher or self.launcher, allocation)
+        launcher = resolve_launcher(launcher or self.launcher, allocation, LAUNCHERS, "local")
         configured = launcher_class(launcher)(parent=self)
         command = getattr(configured, "mpi_cmd", None)
         if command:
@@ -618,8 +353,6 @@ class IPCluster(LoggingConfigurable):
         if client is not None:
             client.close()
             if get_ipython() is not None:
-                from .magics import deactivate_px
-
                 deactivate_px(get_ipython(), client)
         self._end_engines(signal.SIGTERM, cluster)  # srun's end while the controller stops
         try:
@@ -670,18 +403,10 @@ class IPCluster(LoggingConfigurable):
             self.restart(wait=False)
             return restart_lost_message(self.plan.n, most, done), True
         if self.independent():  # frozen ones the controller let go must not run on when they thaw
-            self._kill_here(self.lost_engines())
+            kill_engines(self.lost_engines())
             self.view.targets = [i for i in self.view.targets if i in self.client.ids]
             return go_on_message(self.view.targets, self.plan.launcher == "local"), True
         return restart_lost_message(self.plan.n, most, done), False
-
-    @staticmethod
-    def _kill_here(rows: list[dict[str, Any]]) -> None:
-        """SIGKILL the engines of ``rows`` that run on this node (elsewhere: with their step)."""
-        for row in rows:
-            if on_this_node(row):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(row["pid"], signal.SIGKILL)
 
     def lost_message(self, rows: list[dict[str, Any]]) -> str:
         """What work sent to the lost engines of ``rows`` raises: how they ended, and what to do
@@ -705,7 +430,7 @@ class IPCluster(LoggingConfigurable):
         lost = self.lost_engines()
         if not lost:
             raise UsageError("No engine is lost; %ipcluster restart starts all engines anew.")
-        self._kill_here(lost)  # a frozen one the controller let go lives on
+        kill_engines(lost)  # a frozen one the controller let go lives on
         kept = [i for i in self.client.ids if i in self.roster]
         self.follower.forget()
         self.follower = None
@@ -720,7 +445,7 @@ class IPCluster(LoggingConfigurable):
         self.follower.forget()
         self.follower = None
         if kill:  # stuck in C code: SIGKILL those here at once (mpirun's stop sends SIGTERM first)
-            self._kill_here(list(self.roster.values()))
+            kill_engines(list(self.roster.values()), elsewhere=False)  # the step's end: elsewhere
         self._end_engines(signal.SIGKILL if kill else signal.SIGTERM)
         self.cluster.stop_engines_sync()
         try:  # as each engine's nanny would, had it outlived its engine: the controller forgets
@@ -752,7 +477,7 @@ class IPCluster(LoggingConfigurable):
                 self.stop()
                 if isinstance(e, KeyboardInterrupt):
                     raise Interrupted(INTERRUPTED_RESTART) from None
-                raise ClusterError(_start_failure(self.plan, e, output, ready, timeout)) from None
+                raise ClusterError(start_failure(self.plan, e, output, ready, timeout)) from None
             self.started_at = time.monotonic()
             self.view.targets = list(self.client.ids)
             self._take_roster()
@@ -804,7 +529,7 @@ class IPCluster(LoggingConfigurable):
 
     def _gone(self, engine_id: int) -> dict[str, Any]:
         """A lost engine's row: as started, so its rank, host and pid say which one it was."""
-        return {**self.roster.get(engine_id, _row(engine_id, "gone")), "state": "gone"}
+        return {**self.roster.get(engine_id, engine_row(engine_id, "gone")), "state": "gone"}
 
     def controller_alive(self) -> bool:
         return process_alive(self.cluster.controller.process.pid)
@@ -825,20 +550,20 @@ class IPCluster(LoggingConfigurable):
 
     def engines(self, timeout: float = 3.0) -> list[dict[str, Any]]:
         """One row per engine the cluster should have: id, state (alive, busy: running something
-        that did not let it answer within ``timeout``, gone) and what :func:`_engine_info` reports."""
+        that did not let it answer within ``timeout``, gone) and what :func:`engine_info` reports."""
         if self.client is None:
             return []
         self.settle()
-        asked = {i: self.client[i].apply_async(_engine_info) for i in self.client.ids}
+        asked = {i: self.client[i].apply_async(engine_info) for i in self.client.ids}
         deadline = time.monotonic() + timeout
         for reply in asked.values():
             reply.wait(max(0.0, deadline - time.monotonic()))
         rows, dead = {}, self.follower.known_dead() if self.follower else set()
         for i, reply in asked.items():
             if reply.ready() and reply.successful():
-                rows[i] = _row(i, "alive", **reply.get())
+                rows[i] = engine_row(i, "alive", **reply.get())
             else:
-                rows[i] = self._gone(i) if i in dead else _row(i, "busy")
+                rows[i] = self._gone(i) if i in dead else engine_row(i, "busy")
         missing = [i for i in range(self.plan.n) if i not in rows][: max(0, self.plan.n - len(rows))]
         rows.update({i: self._gone(i) for i in missing})
         return [rows[i] for i in sorted(rows)]
@@ -865,10 +590,4 @@ def restart_lost_message(n: int, most: int, done: int) -> str:
     )
 
 
-#: what :func:`_engine_info` reports
-ENGINE_INFO = ("rank", "size", "host", "pid", "cpus", "gpus", "step")
-
-
-def _row(engine_id: int, state: str, **info: Any) -> dict[str, Any]:
-    """An engine as ``%ipcluster status`` lists it; what an engine did not report is None."""
-    return {"id": engine_id, "state": state, **dict.fromkeys(ENGINE_INFO), **info}
+#: what :func:`engine_info` reports

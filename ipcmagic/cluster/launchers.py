@@ -18,9 +18,9 @@ from pathlib import Path
 from ipyparallel.cluster import launcher
 from traitlets import Bool, Float, HasTraits, Integer, List, Unicode, default
 
-from .internals import fits
-from .slurm import BLOCK, as_allocation, env_prefix
-from .watchdog import scancel
+from ..base.internals import fits
+from ..base.slurm import BLOCK, as_allocation, env_prefix
+from ..base.watchdog import scancel
 
 
 def step_name(cluster_id: str) -> str:
@@ -98,7 +98,7 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
     Never a new job: the step runs in the allocation of ``$SLURM_JOB_ID``. The step is named
     ``ipcmagic-<cluster id>`` so ``squeue --steps`` shows whose it is. srun inherits the kernel's
     environment less the variables another step left there and the kernel step's identity
-    (:func:`~ipcmagic.slurm.is_foreign`).
+    (:func:`~ipcmagic.base.slurm.is_foreign`).
     """
 
     mpi_cmd = List(["srun"], config=True, help="The srun command, e.g. a full path.")
@@ -187,7 +187,7 @@ class SrunEngineSetLauncher(AnyNodeEngineSetLauncher):
 class MpirunEngineSetLauncher(AnyNodeEngineSetLauncher):
     """Engines as MPI ranks started by ``mpirun -n N``.
 
-    In a Slurm job, mpirun sees the allocation as the job's batch script does (:func:`~ipcmagic.slurm.
+    In a Slurm job, mpirun sees the allocation as the job's batch script does (:func:`~ipcmagic.base.slurm.
     as_allocation`), not the kernel's step: Open MPI's and MPICH's mpirun then place ranks on all of
     the job's nodes and CPUs, and start their daemons elsewhere with ``srun --overlap``.
     """

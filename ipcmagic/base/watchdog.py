@@ -61,7 +61,7 @@ class Watchdog:
     def __init__(self, marker: str, directory: str, job_id: str | None, step: str) -> None:
         self.guarded = (marker, directory, job_id, step)
         read_end, self._write_end = os.pipe()  # not inherited by anything else the kernel starts
-        argv = [sys.executable, "-m", "ipcmagic.watchdog", marker, directory, step]
+        argv = [sys.executable, "-m", "ipcmagic.base.watchdog", marker, directory, step]
         self.process = subprocess.Popen(
             [*argv, *([job_id] if job_id else [])],
             stdin=read_end,

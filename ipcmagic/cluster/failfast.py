@@ -9,7 +9,7 @@ error first, and one line on the others. Where the others finish by themselves w
 :data:`SETTLE`, nothing differs from ipyparallel's DirectView.
 
 An engine that was lost (it died, or was let go by the heartbeats) is first left to the launcher:
-srun or mpirun usually end the whole step within about a second, and :mod:`ipcmagic.losses` says
+srun or mpirun usually end the whole step within about a second, and :mod:`ipcmagic.cluster.losses` says
 how. Only engines still running :data:`LOSS_SETTLE` seconds after a loss are ended here.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.error import CompositeError
 
+from ..base.internals import fits, parameters
 from .halting import running, was_lost
-from .internals import fits, parameters
 from .streaming import StreamedOnce
 
 #: seconds the other engines have to finish after one failed, before they count as still running
@@ -40,7 +40,7 @@ class FailedFast(CompositeError):
 
 class FailFastResult(StreamedOnce):
     """The AsyncResult of ``%px``'s executes: its output streamed once and bounded
-    (:class:`~ipcmagic.streaming.StreamedOnce`); with ``on_failure``, an execute on several engines
+    (:class:`~ipcmagic.cluster.streaming.StreamedOnce`); with ``on_failure``, an execute on several engines
     whose :meth:`wait` ends the others when one fails: ``on_failure(result, failed_engine_id,
     lost)`` ends them and returns the line on them (None: they had ended by themselves)."""
 

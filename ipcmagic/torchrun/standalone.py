@@ -1,7 +1,7 @@
 """The standalone launcher of ``%%torchrun``: ``nproc`` ranks of one static world on this node.
 
 Run as ``python -c <this file> nproc program...`` by the ranks' interpreter (standard library only,
-as :mod:`ipcmagic.rank`), in the run's own process group. It replaces torch's elastic agent, which
+as :mod:`ipcmagic.torchrun.rank`), in the run's own process group. It replaces torch's elastic agent, which
 listens on every interface and loads a pickle from its unauthenticated store again and again:
 anyone on the node could run code as the notebook's user through it. Here no agent runs and
 nothing is loaded from a store: each rank gets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
@@ -39,7 +39,7 @@ def relay(rank: int, stream) -> None:
 
 
 def report(rank: int, returncode: int) -> None:
-    """A rank's bad end in srun's words, which :mod:`ipcmagic.exits` reads back."""
+    """A rank's bad end in srun's words, which :mod:`ipcmagic.base.exits` reads back."""
     how = signal.strsignal(-returncode) if returncode < 0 else f"Exited with exit code {returncode}"
     with _write:
         sys.stdout.buffer.write(f"ipcmagic: error: {socket.gethostname()}: task {rank}: {how}\n".encode())

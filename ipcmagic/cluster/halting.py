@@ -1,21 +1,25 @@
 """Ending the engines of a parallel cell that are still running: interrupt them, restart the stuck.
 
 One way for both cells that end early: one engine failed while the others ran
-(:mod:`ipcmagic.failfast`), or the cell ran past its ``%%pxtimeout``. SIGINT ends Python code on an
+(:mod:`ipcmagic.cluster.failfast`), or the cell ran past its ``%%pxtimeout``. SIGINT ends Python code on an
 engine (a ``KeyboardInterrupt``; the engine keeps its variables). An engine in C code, typically a
 rank waiting in an MPI call for a rank that failed, does not return to Python until that call
 does, which it never will: once ``grace`` seconds pass, all engines are restarted, since MPI ranks
 are one world and cannot be replaced one by one. The restart is begun here and finished when the
-cluster is next used (:meth:`ipcmagic.cluster.IPCluster.settle`), so that the cell fails at once.
+cluster is next used (:meth:`ipcmagic.cluster.ipcluster.IPCluster.settle`), so that the cell fails at once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import os
 import signal
+import subprocess
 from typing import Any
 
-from .losses import describe_engines, names
+from ..base.slurm import step_env
+from .losses import describe_engines, names, on_this_node
 
 #: seconds interrupted engines have to stop before they count as stuck
 GRACE = 1.0
@@ -63,7 +67,7 @@ def ended_message(
     failed: dict, lost: bool, others: list[dict], stuck: list[int], n: int, grace: float
 ) -> str | None:
     """The line on the ``others`` that a fail-fast execute ended after engine ``failed`` failed
-    (or was ``lost``: :mod:`ipcmagic.losses` says how); None if there were none."""
+    (or was ``lost``: :mod:`ipcmagic.cluster.losses` says how); None if there were none."""
     if not others:
         return None
     if lost:
@@ -88,3 +92,25 @@ def they(rows: list[dict]) -> str:
 def ids(rows: list[dict]) -> str:
     """``engine 3`` or ``engines 0, 2, 3``."""
     return names([row["id"] for row in rows])
+
+
+def kill_engines(rows: list[dict[str, Any]], elsewhere: bool = True) -> None:
+    """SIGKILL the engines of ``rows``: on this node at once; on the job's other nodes (with
+    ``elsewhere``) by a one-task ``srun --overlap`` step on each node, at the same time."""
+    away: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if on_this_node(row):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(row["pid"], signal.SIGKILL)
+        elif elsewhere and row["step"]:
+            away.setdefault((row["step"].split(".")[0], row["host"]), []).append(str(row["pid"]))
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(away))) as pool:
+        list(pool.map(lambda each: _kill_on(*each[0], each[1]), away.items()))
+
+
+def _kill_on(job: str, host: str, pids: list[str]) -> None:
+    """SIGKILL ``pids`` on ``host``, in a step of ``job`` there (kill fails for a pid that ended
+    meanwhile: nothing is left to do then)."""
+    step = ["--overlap", f"--jobid={job}", f"--nodelist={host}", "-N1", "-n1", "--mpi=none", "--quiet"]
+    kill = ["srun", *step, "kill", "-KILL", *pids]
+    subprocess.run(kill, env=step_env(os.environ), capture_output=True, timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from .internals import fits
+from ..base.internals import fits
 
 
 def plain(value: Any) -> Any:
