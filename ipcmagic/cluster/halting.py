@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from typing import Any
@@ -37,6 +38,17 @@ def running(result: Any) -> list[int]:
 def was_lost(error: Any) -> bool:
     """Whether an engine's reply ``error`` is ipyparallel's word that the engine was lost."""
     return getattr(error, "ename", None) == LOST
+
+
+#: what a collective says on a rank whose peer's process ended (gloo, NCCL): the cause is the peer
+PEER_GONE = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited", re.IGNORECASE)
+
+
+def lost_a_peer(error: Any) -> bool:
+    """Whether an engine's reply ``error`` is a torch.distributed collective's word that a peer of
+    the engine ended: the engine failed because another was lost."""
+    torch_error = getattr(error, "ename", None) in ("RuntimeError", "DistBackendError", "DistNetworkError")
+    return torch_error and bool(PEER_GONE.search(str(getattr(error, "evalue", ""))))
 
 
 def vanished(result: Any) -> set[int]:

@@ -42,6 +42,7 @@ from .plan import EXTRA_ARGS, LAUNCHERS, EnginePlan, launcher_class, plan_engine
 from .px_magics import deactivate_px
 from .roster import engine_info, engine_row, split_worlds
 from .status import ClusterStatus
+from .torchworld import form_world
 
 #: seconds of a start's --timeout kept for stopping what a failed start started (srun's grace of
 #: 1 s after SIGTERM, then up to 2 s for Slurm to confirm that the step is gone)
@@ -139,6 +140,7 @@ class IPCluster(LoggingConfigurable):
         self.view = None  # what %px runs on (ipcmagic.cluster.pxview)
         self.dask_client = None  # distributed.Client while the engines are dask workers
         self.dask_security = None  # their certificate (distributed.security.Security)
+        self.torch_backend: str | None = None  # while the engines are one torch.distributed world
         self.watchdog: Watchdog | None = None
         self.roster: dict[int, dict[str, Any]] = {}  # engines as started: id -> row of engines()
         self.follower: Follower | None = None  # of the engines' launchers, since the last (re)start
@@ -224,6 +226,8 @@ class IPCluster(LoggingConfigurable):
         guard_targets(self.client, self.lost_engines, self.lost_message, self.settle)
         self._activate_px()
         self._take_roster()
+        if plan.torch:
+            self._form_torch_world(timeout)
         if plan.dask:
             self._start_dask(timeout)
         return self.client
@@ -244,6 +248,7 @@ class IPCluster(LoggingConfigurable):
 
         self.view = px_view(self.client, self.settle, self._end_the_rest)
         self.view.fail_fast, self.view.output_limit = self.fail_fast, self.output_limit
+        self.view.heartbeat_tolerance = self.heartbeat_tolerance
         shell = get_ipython()
         if shell is not None:
             self.view.activate()
@@ -259,6 +264,17 @@ class IPCluster(LoggingConfigurable):
         ended = [rows[i] for i in others if i not in gone]
         self.ended = ended_message(rows[failed], lost, ended, stuck, self.plan.n, GRACE)
         return self.ended
+
+    def _form_torch_world(self, timeout: float) -> None:
+        """Make the engines one torch.distributed world (:mod:`.torchworld`); stop and raise if not."""
+        try:
+            self.torch_backend = form_world(self.client, list(self.roster.values()), timeout)
+        except Exception as e:
+            self.stop()
+            raise ClusterError(
+                f"Making the engines one torch.distributed world failed ({type(e).__name__}: {e}); "
+                "everything started was stopped."
+            ) from None
 
     def _start_dask(self, timeout: float) -> None:
         from .daskcluster import start_dask
@@ -344,6 +360,7 @@ class IPCluster(LoggingConfigurable):
         if cluster is None:
             return
         self.cluster = self.client = self.view = self.watchdog = self.dask_client = self.dask_security = None
+        self.torch_backend = None
         self.restarting = None
         if self.follower is not None:
             self.follower.forget()
@@ -416,8 +433,8 @@ class IPCluster(LoggingConfigurable):
         return lost_engines_message(rows, self.step)
 
     def independent(self) -> bool:
-        """Whether the engines are no MPI world, so that one may go on without another."""
-        return all(row["size"] in (None, 1) for row in self.roster.values())
+        """Whether the engines are no MPI or torch world, so that one may go on without another."""
+        return not self.plan.torch and all(row["size"] in (None, 1) for row in self.roster.values())
 
     def replace_lost(self, timeout: int | None = None) -> list[int]:
         """Start new engines for the lost ones, the others untouched (local engines, each its own
@@ -426,6 +443,11 @@ class IPCluster(LoggingConfigurable):
             raise UsageError(
                 f"{self.plan.launcher} runs all engines as one job step, and MPI ranks are one world that "
                 "no new process can join: %ipcluster restart starts all engines anew."
+            )
+        if self.plan.torch:
+            raise UsageError(
+                "The engines are one torch.distributed world, which no new process can join: "
+                "%ipcluster restart starts all engines anew and forms the world again."
             )
         lost = self.lost_engines()
         if not lost:
@@ -481,6 +503,8 @@ class IPCluster(LoggingConfigurable):
             self.started_at = time.monotonic()
             self.view.targets = list(self.client.ids)
             self._take_roster()
+            if self.plan.torch:
+                self._form_torch_world(timeout)
             if self.dask_client is not None:
                 from .daskcluster import add_workers
 

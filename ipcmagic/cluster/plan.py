@@ -30,6 +30,8 @@ class EnginePlan:
     gpus: int = 0
     #: make the engines a dask.distributed cluster
     dask: bool = False
+    #: make the engines one torch.distributed world (:mod:`.torchworld`)
+    torch: bool = False
 
     @property
     def launcher_class(self) -> type:
@@ -56,6 +58,7 @@ def plan_engines(
     gpus_per_engine: int = 0,
     mpi: str | None = None,
     dask: bool = False,
+    torch: bool = False,
     launcher_args: str = "",
 ) -> EnginePlan:
     """Turn a user's request into an EnginePlan, or raise UsageError saying what to change."""
@@ -104,7 +107,7 @@ def plan_engines(
     else:
         traits = {"engine_args": args, "delay": 0.0}
     handed_out = 0 if launcher == "srun" else gpus_per_engine
-    return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask)
+    return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask, torch=torch)
 
 
 #: %ipcluster start options that a site may configure on the launchers

@@ -41,6 +41,8 @@ class PxView(DirectView):
     fail_fast = True
     #: characters of each engine's stdout and stderr an execute streams (0: all)
     output_limit = 0
+    #: seconds the controller waits for a silent engine's heartbeat before it lets the engine go
+    heartbeat_tolerance = 0.0
     #: what ends the others then, and says what became of them (the cluster's)
     on_failure: Callable[[AsyncResult, int, bool], str | None] | None = None
     #: called before anything is sent: finishes a restart of the engines begun after a failure
@@ -70,7 +72,8 @@ class PxView(DirectView):
         result = super().execute(code, silent=silent, targets=targets, block=False, **kwargs)
         if result_fits(result):  # streamed once; failing fast where it can
             fails_fast = self.fail_fast and len(result) > 1
-            result = FailFastResult(result, self.on_failure if fails_fast else None, self.output_limit)
+            on_failure = self.on_failure if fails_fast else None
+            result = FailFastResult(result, on_failure, self.output_limit, self.heartbeat_tolerance)
         if block:  # as DirectView's
             try:
                 result.get()
