@@ -375,11 +375,9 @@ def test_one_stalled_engine_elsewhere_loses_that_engine_alone(two_nodes, nothing
     assert seen["pids"] == [roster[i][0] for i in range(3)], "the others run on, with their variables"
 
 
-#: in a job of the 2-node lab, the kernel on n1: n2's share of the step dies (its slurmstepd, its
-#: engines and their nannies, at once, as in a node failure) while the ranks wait in MPI barriers
-LOSE_A_NODE_IN_A_JOB = (
-    FOUR_ENGINES_ON_TWO_NODES
-    + """
+#: n2's share of the engines' step (its slurmstepd, its engines and their nannies) dies at once
+#: 1 s from now, as in a node failure; ``died`` holds when
+N2_DIES_IN_1_S = """
 engines = [psutil.Process(row["pid"]) for row in cluster.roster.values() if row["host"] == "n2"]
 share = [*{e.parent() for e in engines}, *engines, *(c for e in engines for c in e.children(recursive=True))]
 died = []
@@ -388,6 +386,15 @@ def node_dies():
     for process in share:
         process.kill()
 threading.Timer(1.0, node_dies).start()
+"""
+
+
+#: in a job of the 2-node lab, the kernel on n1: n2's share of the step dies (its slurmstepd, its
+#: engines and their nannies, at once, as in a node failure) while the ranks wait in MPI barriers
+LOSE_A_NODE_IN_A_JOB = (
+    FOUR_ENGINES_ON_TWO_NODES
+    + N2_DIES_IN_1_S
+    + """
 said = io.StringIO()
 with contextlib.redirect_stderr(said):
     failed = ip.run_cell("%%px\\nimport time\\nfrom mpi4py import MPI\\nwhile True:\\n"

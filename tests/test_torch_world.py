@@ -18,6 +18,7 @@ import ipcmagic
 from ipcmagic.cluster.halting import lost_a_peer
 from ipcmagic.cluster.torchworld import backend_for, world_env
 from tests.conftest import run_in_job
+from tests.test_engine_loss import FOUR_ENGINES_ON_TWO_NODES, N2_DIES_IN_1_S
 
 
 def row(engine: int, host: str, rank: int | None) -> dict:
@@ -122,16 +123,10 @@ def test_local_engines_make_a_world_too(ip, outside_slurm, torch_installed):
 
 #: in a job of the 2-node lab, the kernel on n1: a world over both nodes; then n2's share of the
 #: engine step dies (as in a node failure) while the ranks run all_reduce in a loop
-LOSE_A_NODE_OF_THE_WORLD = """
-import contextlib, io, json, socket, threading, time
-import psutil
-from IPython.core.interactiveshell import InteractiveShell
-import ipcmagic
-ip = InteractiveShell.instance()
-ip.run_line_magic("load_ext", "ipcmagic")
-cluster = ipcmagic._magics.cluster
-cluster.heartbeat_tolerance = 3.0
-ip.run_line_magic("ipcluster", "start -n 4 --torch")
+LOSE_A_NODE_OF_THE_WORLD = (
+    FOUR_ENGINES_ON_TWO_NODES.replace('"start -n 4"', '"start -n 4 --torch"')
+    + """
+import socket
 SUM_OF_ONES = "%%px\\nimport time, torch\\nimport torch.distributed as dist\\n"
 SUM_OF_ONES += "t = torch.ones(1)\\ndist.all_reduce(t)"
 def world():  # each rank's sum of ones over the world, and its host
@@ -140,10 +135,9 @@ def world():  # each rank's sum of ones over the world, and its host
     view = ipcmagic.view()
     return [[float(t), host] for t, host in zip(view["t"], view.apply_sync(socket.gethostname))]
 before = world()
-engines = [psutil.Process(row["pid"]) for row in cluster.roster.values() if row["host"] == "n2"]
-share = [*{e.parent() for e in engines}, *engines, *(c for e in engines for c in e.children(recursive=True))]
-died = []
-threading.Timer(2.0, lambda: (died.append(time.time()), [p.kill() for p in share])).start()
+"""
+    + N2_DIES_IN_1_S
+    + """
 said = io.StringIO()
 with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
     failed = ip.run_cell("%%px\\nwhile True:\\n    dist.all_reduce(t)\\n    time.sleep(0.01)").error_in_exec
@@ -154,6 +148,7 @@ ip.run_line_magic("ipcluster", "stop")
 print(json.dumps({"failed": type(failed).__name__, "said": said.getvalue().strip(), "before": before,
                   "after": after, "took": took}))
 """
+)
 
 
 #: what the cell ends with: n2's engines as the cause, the others stopped with the step
