@@ -107,11 +107,13 @@ class IPClusterMagics(Magics):
 
     def report_failure(self, result) -> None:
         """After a cell, once its error was shown: what a fail-fast execute did to the engines
-        still running (:mod:`ipcmagic.cluster.failfast`), which engines ended and how (ipyparallel only
-        says "N errors"), and what becomes of them (``c.IPCluster.restart_lost_engines``)."""
+        still running (:mod:`ipcmagic.cluster.failfast`), or an interrupt to those stuck, which
+        engines ended and how (ipyparallel only says "N errors"), and what becomes of them
+        (``c.IPCluster.restart_lost_engines``)."""
         if not self.cluster.running:
             return
         ended, self.cluster.ended = self.cluster.ended, None
+        ended = ended or self.cluster.after_interrupt()
         if ended:
             print(ended, file=sys.stderr)
         if result.error_in_exec is not None:

@@ -95,6 +95,7 @@ def messages(monkeypatch) -> dict[str, str]:
         "node lost": f"ipcmagic: {losses.describe_loss(node_lost(), 'srun')}.",
         "failed fast": halting.ended_message(ROW, False, four[:1] + four[2:], [0, 2, 3], 4, 1.0),
         "lost, the others ended": halting.ended_message(ROW, True, OTHERS, [], 3, 1.0),
+        "interrupted, stuck": halting.interrupted_message([1, 2], 3, 1.0),
         "went on": f"ipcmagic: {losses.describe_loss([{**ROW, 'rank': None}])}. "
         + ipcluster.go_on_message([0, 2], True),
         "restarted by itself": f"ipcmagic: {losses.describe_loss(step, 'srun')}. "
@@ -144,6 +145,10 @@ CASES = {
     "hour, c.IPCluster.restart_lost_engines): their variables are gone.": "restarted by itself",
     "ipcmagic: engine 2 (MPI rank 2, pid 4242 on nid002), engine 3 (...) stopped answering heartbeats while "
     "srun saw no end (the node is unreachable); ...": "node lost",
+    "ipcmagic: engines 1, 2 did not stop on SIGINT within 1 s (ranks waiting in MPI or a collective for the "
+    "others never return), so all 3 engines are being restarted: their variables are gone.": (
+        "interrupted, stuck"
+    ),
     "UsageError: srun is not on PATH; load it ...": "not on PATH",
     "UsageError: A cluster with N ... engines is already running; stop it first": "already running",
     "KeyboardInterrupt: %ipcluster start interrupted; everything started was stopped.": "start interrupted",

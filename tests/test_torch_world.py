@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import signal
+import threading
 import time
 
 import pytest
@@ -107,6 +110,25 @@ def test_a_rank_raising_before_a_collective_fails_the_cell_at_once(ip, in_alloca
         failed = ip.run_cell(cell).error_in_exec
     assert failed is not None and time.monotonic() - tic < 5.0
     assert "were restarted" in said.getvalue() or "being restarted" in said.getvalue(), said.getvalue()
+    px(ip, "%%px\nimport torch\nimport torch.distributed as dist\nt = torch.ones(1)\ndist.all_reduce(t)")
+    assert [float(t) for t in ipcmagic.view()["t"]] == [3.0] * 3
+    ip.run_line_magic("ipcluster", "stop")
+
+
+def test_the_interrupt_button_frees_ranks_waiting_in_a_collective(ip, in_allocation, torch_installed):
+    """ipyparallel's %px sends SIGINT, which ranks waiting in gloo's all_reduce for an interrupted
+    one never see: a grace time later they are restarted, and the world formed anew."""
+    ip.run_line_magic("ipcluster", "start -n 3 --torch")
+    px(ip, "%%px\nimport time, torch\nimport torch.distributed as dist\nt = torch.ones(1)")
+    threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the kernel's interrupt button
+    tic = time.monotonic()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as said:
+        ip.run_cell("%%px\nif dist.get_rank() == 0:\n    time.sleep(600)\ndist.all_reduce(t)")
+    assert time.monotonic() - tic < 10
+    assert said.getvalue().strip().splitlines()[-1] == (
+        "ipcmagic: engines 1, 2 did not stop on SIGINT within 1 s (ranks waiting in MPI or a collective for "
+        "the others never return), so all 3 engines are being restarted: their variables are gone."
+    )
     px(ip, "%%px\nimport torch\nimport torch.distributed as dist\nt = torch.ones(1)\ndist.all_reduce(t)")
     assert [float(t) for t in ipcmagic.view()["t"]] == [3.0] * 3
     ip.run_line_magic("ipcluster", "stop")

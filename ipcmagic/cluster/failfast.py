@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipyparallel.client.asyncresult import AsyncResult
-from ipyparallel.error import CompositeError
+from ipyparallel.error import CompositeError, RemoteError
 
 from ..base.internals import fits, parameters
 from .halting import lost_a_peer, running, was_lost
@@ -54,6 +54,7 @@ class FailFastResult(StreamedOnce):
         self._failed: tuple[int, float, bool, bool] | None = None  # the first failed engine's index,
         # when its others count as still running, whether it was lost, and whether it blamed a peer
         self.heartbeat_tolerance = heartbeat_tolerance
+        self.interrupted = False  # a wait for it was interrupted (the kernel's interrupt button)
         self._note: str | None = None  # what on_failure said: the execute has failed fast
         self._alarm = threading.Event()  # an engine failed, or all finished
         self._on_failure = on_failure
@@ -89,6 +90,13 @@ class FailFastResult(StreamedOnce):
             self._alarm.set()
 
     def wait(self, timeout: float | None = -1, return_when: Any = None) -> Any:
+        try:
+            return self._wait(timeout, return_when)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+
+    def _wait(self, timeout: float | None, return_when: Any) -> Any:
         if return_when is not None or self._note is not None or self._on_failure is None:
             return super().wait(timeout, return_when)
         end = None if timeout is None or timeout < 0 else time.monotonic() + timeout
@@ -130,7 +138,11 @@ class FailFastResult(StreamedOnce):
         if self._note is None:
             return super()._collect_exceptions(results)
         error = results[self._failed[0]]
-        elist = [(error.ename, error.evalue, error.traceback, error.engine_info)]
+        if isinstance(error, RemoteError):
+            elist = [(error.ename, error.evalue, error.traceback, error.engine_info)]
+        else:  # ipyparallel's own, e.g. TaskAborted: a request an interrupted engine dropped
+            name, engine = type(error).__name__, {"engine_id": self._targets[self._failed[0]]}
+            elist = [(name, str(error), f"{name}: {error}", engine)]
         self._error = FailedFast(self._note, elist)
         raise self._error
 

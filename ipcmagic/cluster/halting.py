@@ -97,6 +97,15 @@ def ended_message(
     )
 
 
+def interrupted_message(stuck: list[int], n: int, grace: float) -> str:
+    """The line on a ``%px`` cell whose interrupt left engines ``stuck`` in C code."""
+    return (
+        f"ipcmagic: {names(stuck)} did not stop on SIGINT within {grace:g} s (ranks waiting in MPI or a "
+        f"collective for the others never return), so all {n} engines are being restarted: their "
+        "variables are gone."
+    )
+
+
 def they(rows: list[dict]) -> str:
     return "it was" if len(rows) == 1 else "they were"
 

@@ -27,7 +27,7 @@ from ..base.watchdog import Watchdog
 from .encryption import add_controller_env, encrypt
 from .failed_start import start_failure
 from .gpus import gpu_sets, use_gpus
-from .halting import GRACE, ended_message, halt, kill_engines, running, vanished
+from .halting import GRACE, ended_message, halt, interrupted_message, kill_engines, running, vanished
 from .losses import (
     Follower,
     describe_loss,
@@ -264,6 +264,16 @@ class IPCluster(LoggingConfigurable):
         ended = [rows[i] for i in others if i not in gone]
         self.ended = ended_message(rows[failed], lost, ended, stuck, self.plan.n, GRACE)
         return self.ended
+
+    def after_interrupt(self) -> str | None:
+        """After a cell whose wait for ``%px`` was interrupted (ipyparallel then sends SIGINT to
+        the engines): those still running it a grace time later are stuck, typically in MPI or a
+        collective, and all engines are restarted; the line that says so."""
+        result, self.view.last = self.view.last, None
+        if result is None or not getattr(result, "interrupted", False) or result.ready():
+            return None
+        stuck = halt(self, result, GRACE)
+        return interrupted_message(stuck, self.plan.n, GRACE) if stuck else None
 
     def _form_torch_world(self, timeout: float) -> None:
         """Make the engines one torch.distributed world (:mod:`.torchworld`); stop and raise if not."""

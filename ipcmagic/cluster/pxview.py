@@ -47,6 +47,8 @@ class PxView(DirectView):
     on_failure: Callable[[AsyncResult, int, bool], str | None] | None = None
     #: called before anything is sent: finishes a restart of the engines begun after a failure
     settle: Callable[[], None] | None = None
+    #: the last execute's result, which ``%px`` waits for (the cluster ends it after an interrupt)
+    last: AsyncResult | None = None
 
     def push(
         self, ns: dict, targets: Any = None, block: bool | None = None, track: bool | None = None
@@ -74,6 +76,7 @@ class PxView(DirectView):
             fails_fast = self.fail_fast and len(result) > 1
             on_failure = self.on_failure if fails_fast else None
             result = FailFastResult(result, on_failure, self.output_limit, self.heartbeat_tolerance)
+            self.last = result
         if block:  # as DirectView's
             try:
                 result.get()
