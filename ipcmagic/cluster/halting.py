@@ -24,6 +24,8 @@ from .losses import describe_engines, names, on_this_node
 
 #: seconds interrupted engines have to stop before they count as stuck
 GRACE = 1.0
+#: seconds a kill on another node may take (srun starts a step there in well under a second)
+KILL_WAIT = 5.0
 
 
 #: how ipyparallel's client fails the work of an engine that unregistered
@@ -90,19 +92,19 @@ def ended_message(
         return f"{said}; {they(others)} interrupted (KeyboardInterrupt) and keep their variables."
     still = [row for row in others if row["id"] in stuck]
     subject = ids(still) if still != others else they(others).split()[0]
-    return (
-        f"{said}; {subject} did not stop on SIGINT within "
-        f"{grace:g} s (ranks waiting in MPI for a failed rank never return), so all {n} engines are "
-        "being restarted: their variables are gone."
-    )
+    return f"{said}; {subject} {_restarted('in MPI for a failed rank', n, grace)}"
 
 
 def interrupted_message(stuck: list[int], n: int, grace: float) -> str:
     """The line on a ``%px`` cell whose interrupt left engines ``stuck`` in C code."""
+    return f"ipcmagic: {names(stuck)} {_restarted('in MPI or a collective for the others', n, grace)}"
+
+
+def _restarted(waiting: str, n: int, grace: float) -> str:
+    """What became of engines stuck in C code, ranks ``waiting`` for others there."""
     return (
-        f"ipcmagic: {names(stuck)} did not stop on SIGINT within {grace:g} s (ranks waiting in MPI or a "
-        f"collective for the others never return), so all {n} engines are being restarted: their "
-        "variables are gone."
+        f"did not stop on SIGINT within {grace:g} s (ranks waiting {waiting} never return), so all {n} "
+        "engines are being restarted: their variables are gone."
     )
 
 
@@ -125,13 +127,16 @@ def kill_engines(rows: list[dict[str, Any]], elsewhere: bool = True) -> None:
                 os.kill(row["pid"], signal.SIGKILL)
         elif elsewhere and row["step"]:
             away.setdefault((row["step"].split(".")[0], row["host"]), []).append(str(row["pid"]))
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(away))) as pool:
-        list(pool.map(lambda each: _kill_on(*each[0], each[1]), away.items()))
+    if away:
+        with concurrent.futures.ThreadPoolExecutor(len(away)) as pool:
+            list(pool.map(lambda each: _kill_on(*each[0], each[1]), away.items()))
 
 
 def _kill_on(job: str, host: str, pids: list[str]) -> None:
-    """SIGKILL ``pids`` on ``host``, in a step of ``job`` there (kill fails for a pid that ended
-    meanwhile: nothing is left to do then)."""
+    """SIGKILL ``pids`` on ``host``, in a step of ``job`` there. kill fails for a pid that ended
+    meanwhile, and srun waits on an unreachable node, whose processes are cut off with it: nothing is
+    left to do then."""
     step = ["--overlap", f"--jobid={job}", f"--nodelist={host}", "-N1", "-n1", "--mpi=none", "--quiet"]
     kill = ["srun", *step, "kill", "-KILL", *pids]
-    subprocess.run(kill, env=step_env(os.environ), capture_output=True, timeout=30)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(kill, env=step_env(os.environ), capture_output=True, timeout=KILL_WAIT)
