@@ -89,6 +89,16 @@ def _unquote(word: str) -> str:
     return "".join(shlex.split(word))
 
 
+def _count(text: str) -> int | str:
+    """-n: a number, or ``gpu`` (one per GPU)."""
+    if text.lower() == "gpu":
+        return "gpu"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number or gpu, not {text!r}") from None
+
+
 def _port(text: str) -> int:
     port = int(text)
     if not 1 <= port <= 65535:
@@ -135,9 +145,11 @@ class IPClusterMagics(Magics):
     @argument(
         "-n",
         "--engines",
-        type=int,
+        type=_count,
         dest="n",
-        help="Number of engines (default: the allocation's task count, else the CPU count).",
+        help="Number of engines, or gpu: one per GPU of the job, each with its own GPU and share of "
+        "its node's CPUs. Default: the job's task count; in a whole-node job without one, one per "
+        "GPU, else one per CPU; outside Slurm, one per CPU (docs: Engines and ranks by default).",
     )
     @argument(
         "--launcher",
@@ -240,10 +252,9 @@ class IPClusterMagics(Magics):
         tic = time.perf_counter()
         self.cluster.start(plan, timeout=args.timeout)
         plain_client.install(self._connection_file)  # a plain ipyparallel.Client() reaches it
-        print(
-            f"{plan.n} {plan.launcher} engines ready in {time.perf_counter() - tic:.1f} s; "
-            "%%px runs cells on them."
-        )
+        engines = f"{plan.n} {plan.launcher} engine{'s' if plan.n > 1 else ''}"
+        why = f" ({plan.rule})" if plan.rule else ""
+        print(f"{engines} ready in {time.perf_counter() - tic:.1f} s{why}; %%px runs cells on them.")
         self._describe_services()
 
     def _connection_file(self) -> str | None:
@@ -312,7 +323,13 @@ class IPClusterMagics(Magics):
         run_bounded(self.cluster, cell, args.seconds)
 
     @magic_arguments()
-    @argument("-n", "--nproc-per-node", type=int, default=1, help="Processes (ranks) per node.")
+    @argument(
+        "-n",
+        "--nproc-per-node",
+        type=_count,
+        help="Ranks per node, or gpu: one per GPU of a node. Default: one per GPU where the job's "
+        "nodes have GPUs (each rank's is cuda:LOCAL_RANK, as under torchrun), else 1.",
+    )
     @argument("--nnodes", type=int, default=1, help="Nodes of the allocation to use (srun only).")
     @argument(
         "--launcher",
@@ -325,7 +342,14 @@ class IPClusterMagics(Magics):
     @argument("--environment", default="", help="srun --environment (container EDF file).")
     @argument("--container-workdir", default="", help="srun --container-workdir.")
     @argument("--python", help="Interpreter of the ranks (default: this kernel's; set it in containers).")
-    @argument("--srun-args", default="", help='Extra srun options, quoted: "--gpus-per-task=1".')
+    @argument(
+        "--gpus-per-rank",
+        type=int,
+        default=0,
+        help="GPUs of each rank's own: it sees only those (srun --gpus-per-task; standalone: "
+        "CUDA_VISIBLE_DEVICES). Default 0: each rank sees all GPUs of its node.",
+    )
+    @argument("--srun-args", default="", help='Extra srun options, quoted: "--exclusive".')
     @argument(
         "--push",
         default="",
@@ -354,10 +378,6 @@ class IPClusterMagics(Magics):
             raise UsageError(
                 "Name a script: %torchrun [options] script.py [args], or use %%torchrun in a cell."
             )
-        try:
-            srun_args = shlex.split(args.srun_args)
-        except ValueError as e:
-            raise UsageError(f"--srun-args {args.srun_args!r} is not valid shell syntax: {e}.") from None
         push = {name: self._variable(name) for name in _names(args.push, "--push")}
         pulled = self.torchrun_defaults.run_script(
             cell if cell is not None else rest[0],
@@ -371,9 +391,10 @@ class IPClusterMagics(Magics):
             timeout=args.timeout,
             port=args.port,
             python=args.python,
-            srun_args=srun_args,
+            srun_args=args.srun_args,
             environment=args.environment,
             container_workdir=args.container_workdir,
+            gpus_per_rank=args.gpus_per_rank,
         )
         self.shell.user_ns.update(pulled)
 

@@ -55,9 +55,10 @@ def test_srun_plan():
         12345,
         STALE,
         name="job",
-        srun_args=["--gpus-per-task=1"],
+        srun_args=["--exclusive"],
         environment="pt.toml",
         container_workdir="/w",
+        gpus_per_rank=1,
     )
     argv = plan.argv
     assert argv[:2] == ["srun", "--overlap"]
@@ -69,8 +70,10 @@ def test_srun_plan():
         "--environment=pt.toml",
         "--container-workdir=/w",
         "--gpus-per-task=1",
+        "--cpus-per-task=4",  # an equal share of each node's CPUs
     ]:
         assert option in argv
+    assert argv.index("--exclusive") > argv.index("--cpus-per-task=4"), "the user's options win"
     assert argv[-3:] == ["/c/python", "cell.py", "a"]
     assert plan.env == {"MASTER_ADDR": "n1", "MASTER_PORT": "12345", **STREAMED}
     assert "RANK=$SLURM_PROCID" in " ".join(argv)

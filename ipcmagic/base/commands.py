@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 
 from IPython.core.error import UsageError
@@ -30,3 +31,11 @@ def require_command(command: str) -> None:
     """UsageError unless ``command`` (srun, mpirun) is on PATH."""
     if not shutil.which(command):
         raise UsageError(f"{command} is not on PATH; load it (e.g. module load) or use another launcher.")
+
+
+def shell_words(text: str, option: str) -> list[str]:
+    """``text`` split as a shell splits it; UsageError naming ``option`` where it cannot be."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise UsageError(f"{option} {text!r} is not valid shell syntax: {e}.") from None

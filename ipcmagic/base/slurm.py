@@ -164,6 +164,10 @@ def expand_counts(counts: str) -> list[int]:
 
 #: seconds a Slurm query may take (slurmctld may be down or busy)
 SLURM_TIMEOUT = 10
+#: the job's resources on some of its nodes, in ``scontrol show job --details``
+_NODE_GRES = re.compile(r"\bNodes=(\S+) CPU_IDs=\S* Mem=\S* GRES=(\S*)")
+#: a GPU count in a GRES list: ``gpu:4(IDX:0-3)``, ``gpu:a100:2(IDX:0-1)``
+_GPUS = re.compile(r"\bgpu(?::[^:,(\s]+)?:(\d+)")
 #: what scontrol says of a job it does not know
 _INVALID_JOB = re.compile(r"Invalid job id", re.IGNORECASE)
 
@@ -182,6 +186,8 @@ class Allocation:
     cpus_per_node: tuple[int, ...] = ()
     #: the job's task count if the environment tells it (outside a job step), else None
     env_tasks: int | None = None
+    #: whether this process runs in a job step (not in the batch script or an salloc shell)
+    in_step: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Allocation | None:
@@ -198,10 +204,20 @@ class Allocation:
             nodes=tuple(expand_hostlist(nodelist)),
             cpus_per_node=tuple(expand_counts(cpus)) if cpus else (),
             env_tasks=int(ntasks) if ntasks and not in_step else None,
+            in_step=in_step,
         )
 
-    def _scontrol(self, field: str) -> int:
-        command = ["scontrol", "show", "job", "--oneliner", self.job_id]
+    @property
+    def has_task_count(self) -> bool:
+        """Whether the job's tasks say how many processes it runs: it was given a task count, or
+        this process runs in one of its steps. Not so in the batch script of ``--nodes`` alone
+        (a whole-node session, as CSCS's spawner starts JupyterLab), where Slurm counts one task
+        per node."""
+        return self.in_step or self.env_tasks is not None
+
+    def _show(self) -> str:
+        """``scontrol show job --details`` of this job, on one line."""
+        command = ["scontrol", "show", "job", "--details", "--oneliner", self.job_id]
         try:
             shown = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -217,8 +233,10 @@ class Allocation:
                 f"({shown.stderr.strip()}): the job has ended or the variable is stale. Start the kernel "
                 "in a running job, or choose -n and --launcher local."
             )
-        out = shown.stdout
-        match = re.search(rf"\b{field}=(\d+)", out)
+        return shown.stdout
+
+    def _scontrol(self, field: str) -> int:
+        match = re.search(rf"\b{field}=(\d+)", self._show())
         if not match:
             raise RuntimeError(f"scontrol show job {self.job_id} did not report {field}")
         return int(match[1])
@@ -228,6 +246,19 @@ class Allocation:
         """CPUs of the whole allocation."""
         return sum(self.cpus_per_node) if self.cpus_per_node else self._scontrol("NumCPUs")
 
+    def node_cpus(self) -> dict[str, int]:
+        """The job's CPUs on each of its nodes (as many on each, where the environment does not say)."""
+        each = self.cpus_per_node or [self.cpus // len(self.nodes)] * len(self.nodes)
+        return dict(zip(self.nodes, each, strict=True))
+
     def tasks(self) -> int:
         """The job's task count."""
         return self.env_tasks if self.env_tasks is not None else self._scontrol("NumTasks")
+
+    def gpus_per_node(self) -> dict[str, int]:
+        """The GPUs the job holds on each of its nodes (GRES ``gpu``, of any type)."""
+        gpus = dict.fromkeys(self.nodes, 0)
+        for nodes, gres in _NODE_GRES.findall(self._show()):
+            count = sum(int(n) for n in _GPUS.findall(gres))
+            gpus.update(dict.fromkeys(expand_hostlist(nodes), count))
+        return gpus

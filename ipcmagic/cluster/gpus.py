@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ..base.gpus import device_sets
+
 
 def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
     """CUDA_VISIBLE_DEVICES for each engine in ``rows`` (``id``, ``host``, ``gpus``): the engines
@@ -16,16 +18,9 @@ def gpu_sets(rows: list[dict[str, Any]], per_engine: int) -> dict[int, str]:
         by_host[row["host"]].append(row)
     sets = {}
     for host, engines in by_host.items():
-        for local_rank, row in enumerate(engines):
-            seen = row["gpus"].split(",") if row["gpus"] else None
-            first, end = local_rank * per_engine, (local_rank + 1) * per_engine
-            if seen is not None and end > len(seen):
-                raise ValueError(
-                    f"{len(engines)} engines on {host} need {len(engines) * per_engine} GPUs, but "
-                    f"CUDA_VISIBLE_DEVICES there lists {len(seen)} ({row['gpus']}); use fewer "
-                    "engines or --gpus-per-engine."
-                )
-            sets[row["id"]] = ",".join(seen[first:end] if seen else map(str, range(first, end)))
+        seen = engines[0]["gpus"].split(",") if engines[0]["gpus"] else None
+        for row, devices in zip(engines, device_sets(seen, len(engines), per_engine, host), strict=True):
+            sets[row["id"]] = devices
     return sets
 
 

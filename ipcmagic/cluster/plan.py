@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shlex
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
 
-from ..base.commands import resolve_launcher
+from ..base.commands import resolve_launcher, shell_words
+from ..base.gpus import visible_devices
 from ..base.slurm import Allocation, require_full_export
 
 LAUNCHERS = ("auto", "srun", "mpirun", "local")
@@ -32,6 +33,8 @@ class EnginePlan:
     dask: bool = False
     #: make the engines one torch.distributed world (:mod:`.torchworld`)
     torch: bool = False
+    #: why ``n`` engines, where no -n number chose it (:func:`engine_count`)
+    rule: str = ""
 
     @property
     def launcher_class(self) -> type:
@@ -48,11 +51,42 @@ def launcher_class(name: str) -> type:
 DASK_NEEDS = {"distributed": "dask.distributed", "cryptography": "cryptography (for its TLS certificate)"}
 
 
+def engine_count(
+    allocation: Allocation | None, launcher: str, n: int | str | None, cpus: int | None, gpus: int
+) -> tuple[int, str, int | None, int]:
+    """How many engines a start without a number for -n starts, why, and the CPUs and GPUs each
+    gets: ``-n gpu`` and a whole-node job with GPUs, one per GPU, each with its own GPU and an
+    equal share of its node's CPUs; a whole-node job without GPUs, one per CPU (as mpirun in such
+    a job); a job with a task count or a kernel in a job step, the job's tasks; outside Slurm (or
+    with local engines), one per CPU of this machine. ``cpus`` and ``gpus`` given win."""
+    if isinstance(n, int):
+        return n, "", cpus, gpus
+    if n not in (None, "gpu"):
+        raise UsageError(f"-n takes a number of engines or 'gpu' (one per GPU of this job), not {n!r}.")
+    local = allocation is None or launcher == "local"
+    if n is None and not local and allocation.has_task_count:
+        return allocation.tasks(), "one per task of this job", cpus, gpus
+    node_gpus = {socket.gethostname(): len(visible_devices())} if local else allocation.gpus_per_node()
+    if n == "gpu" and not sum(node_gpus.values()):
+        where = "this machine" if local else f"job {allocation.job_id}"
+        raise UsageError(f"-n gpu starts one engine per GPU, but {where} has no GPUs; give -n a number.")
+    if sum(node_gpus.values()):
+        if local:  # local engines are not bound to CPUs
+            return sum(node_gpus.values()), "one per GPU of this machine", cpus, gpus or 1
+        node_cpus = allocation.node_cpus()
+        share = min(node_cpus[node] // count for node, count in node_gpus.items() if count)
+        return sum(node_gpus.values()), "one per GPU of this job", cpus or max(1, share), gpus or 1
+    if local:
+        return os.cpu_count() or 1, "one per CPU of this machine", cpus, gpus
+    per = f"{cpus} CPUs" if cpus and cpus > 1 else "CPU"
+    return allocation.cpus // (cpus or 1), f"one per {per} of this job", cpus, gpus
+
+
 def plan_engines(
     allocation: Allocation | None,
     *,
     launcher: str = "auto",
-    n: int | None = None,
+    n: int | str | None = None,
     cpus_per_engine: int | None = None,
     cpu_bind: str = "",
     gpus_per_engine: int = 0,
@@ -67,8 +101,9 @@ def plan_engines(
         raise UsageError("--cpu-bind and --mpi apply to the srun launcher only.")
     if launcher == "local" and cpus_per_engine is not None:
         raise UsageError("-c/--cpus-per-engine applies to the srun and mpirun launchers only.")
-    if n is None:  # MPI engines fill the job's tasks, local ones this node's CPUs
-        n = allocation.tasks() if allocation and launcher != "local" else os.cpu_count() or 1
+    n, rule, cpus_per_engine, gpus_per_engine = engine_count(
+        allocation, launcher, n, cpus_per_engine, gpus_per_engine
+    )
     if n < 1:
         raise UsageError(f"-n must be at least 1 engine, not {n}.")
     cpus = 1 if cpus_per_engine is None else cpus_per_engine
@@ -87,10 +122,7 @@ def plan_engines(
             f"--dask needs {' and '.join(DASK_NEEDS[name] for name in missing)} in this kernel: "
             "pip install 'ipcmagic[dask]'."
         )
-    try:
-        args = shlex.split(launcher_args)
-    except ValueError as e:
-        raise UsageError(f"--launcher-args {launcher_args!r} is not valid shell syntax: {e}.") from None
+    args = shell_words(launcher_args, "--launcher-args")
     traits: dict[str, Any]
     if launcher == "srun":
         require_full_export(args, "--launcher-args")
@@ -107,7 +139,7 @@ def plan_engines(
     else:
         traits = {"engine_args": args, "delay": 0.0}
     handed_out = 0 if launcher == "srun" else gpus_per_engine
-    return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask, torch=torch)
+    return EnginePlan(launcher, n, traits, cpus=cpus, gpus=handed_out, dask=dask, torch=torch, rule=rule)
 
 
 #: %ipcluster start options that a site may configure on the launchers

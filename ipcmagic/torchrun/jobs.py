@@ -13,15 +13,24 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
-from traitlets import CaselessStrEnum, Float, Unicode
+from traitlets import CaselessStrEnum, Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..base.addresses import address_for
-from ..base.commands import require_command, resolve_launcher
+from ..base.commands import require_command, resolve_launcher, shell_words
 from ..base.slurm import Allocation, require_full_export
 from ..base.watchdog import Watchdog
 from .exchange import Exchange
-from .plan import LAUNCHERS, MARKER_VAR, RANK_PROGRAM, cell_program, free_port, plan_srun, plan_standalone
+from .plan import (
+    LAUNCHERS,
+    MARKER_VAR,
+    RANK_PROGRAM,
+    cell_program,
+    free_port,
+    plan_srun,
+    plan_standalone,
+    rank_count,
+)
 from .run import TorchrunError, run
 
 
@@ -38,6 +47,12 @@ class Torchrun(LoggingConfigurable):
         sys.executable, config=True, help="Interpreter of the ranks; in a container, the one inside it."
     )
     grace = Float(3.0, config=True, help="Seconds between SIGINT, SIGTERM and SIGKILL when stopping.")
+    env = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="The site's variables for every run's ranks (e.g. NCCL's network settings); a variable "
+        "the kernel already has keeps the kernel's value.",
+    )
 
     def run_script(
         self,
@@ -77,27 +92,30 @@ class Torchrun(LoggingConfigurable):
         env: dict[str, str],
         offer: bytes | None,
         *,
-        nproc: int = 1,
+        nproc: int | str | None = None,
         nnodes: int = 1,
         launcher: str | None = None,
         timeout: float | None = None,
         port: int | None = None,
         python: str | None = None,
-        srun_args: list[str] = (),
+        srun_args: list[str] | str = (),
         environment: str = "",
         container_workdir: str = "",
+        gpus_per_rank: int = 0,
     ) -> list[bytes | None]:
         """Run ``python *program`` on every rank, with an :class:`~ipcmagic.torchrun.exchange.Exchange` that
         offers ``offer`` when given; what each rank put there, by rank. A failure's TorchrunError
         carries them too (``results``)."""
         allocation = Allocation.from_env()
         launcher = resolve_launcher(launcher or self.launcher, allocation, LAUNCHERS, "standalone")
+        if isinstance(srun_args, str):
+            srun_args = shell_words(srun_args, "--srun-args")
         if launcher == "standalone" and (nnodes != 1 or environment or container_workdir or srun_args):
             raise UsageError(
                 "--nnodes, --environment, --container-workdir and --srun-args need --launcher srun."
             )
-        if nproc < 1 or nnodes < 1:
-            raise UsageError("-n and --nnodes must be at least 1.")
+        if nnodes < 1 or gpus_per_rank < 0:
+            raise UsageError("--nnodes must be at least 1, --gpus-per-rank 0 or more.")
         if launcher == "srun":
             require_command("srun")
             require_full_export(srun_args, "--srun-args")
@@ -105,6 +123,13 @@ class Torchrun(LoggingConfigurable):
                 raise UsageError(
                     f"--nnodes {nnodes} is more than the {len(allocation.nodes)} node(s) of this allocation."
                 )
+        nproc, rule = rank_count(allocation if launcher == "srun" else None, nproc, nnodes)
+        if nproc < 1:
+            raise UsageError("-n must be at least 1.")
+        if rule:
+            print(
+                f"%%torchrun: {nproc * nnodes} rank{'s' if nproc * nnodes > 1 else ''} ({rule})", flush=True
+            )
         directory = tempfile.mkdtemp(prefix="ipcmagic-torchrun-")
         token = os.path.basename(directory)
         name = f"ipcmagic-torchrun-{os.getpid()}"
@@ -114,7 +139,7 @@ class Torchrun(LoggingConfigurable):
         nodes = allocation.nodes[:nnodes] if launcher == "srun" else ()
         # an srun run always has one: through it the kernel notices a rank whose node is lost
         exchange = Exchange(offer or b"", address_for(nodes)) if offer or launcher == "srun" else None
-        env = {**os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
+        env = {**self.env, **os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
         python = python or self.python
         port = port or free_port()
         try:
@@ -131,9 +156,10 @@ class Torchrun(LoggingConfigurable):
                     srun_args=srun_args,
                     environment=environment,
                     container_workdir=container_workdir,
+                    gpus_per_rank=gpus_per_rank,
                 )
             else:
-                plan = plan_standalone(python, nproc, program, port, env)
+                plan = plan_standalone(python, nproc, program, port, env, gpus_per_rank=gpus_per_rank)
             try:
                 run(plan, cwd=os.getcwd(), timeout=timeout, grace=self.grace, exchange=exchange)
             except TorchrunError as failed:
@@ -149,10 +175,16 @@ class Torchrun(LoggingConfigurable):
 def launch(
     fn: Callable,
     *args: Any,
-    nproc: int = 1,
+    nproc: int | str | None = None,
     nnodes: int = 1,
     launcher: str | None = None,
     timeout: float | None = None,
+    port: int | None = None,
+    python: str | None = None,
+    srun_args: list[str] | str = (),
+    environment: str = "",
+    container_workdir: str = "",
+    gpus_per_rank: int = 0,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(*args, **kwargs)`` on every rank of a distributed PyTorch job, as ``%%torchrun``
@@ -161,13 +193,27 @@ def launch(
     ``[rank] line``. Returns the list of ``fn``'s return values, by rank; an exception on a rank
     raises :class:`RankError` naming the rank, with its traceback.
 
+    The options are ``%%torchrun``'s: ``nproc`` is ``-n`` (a number, ``"gpu"``, or None: one per
+    GPU of the node, else 1), ``srun_args`` a list or a shell string, ``environment`` an EDF.
+
     ``fn`` travels by value (cloudpickle), also when it is defined in the notebook; its arguments
     and results must be picklable, and the names it uses from the notebook travel with it. The
     kernel never forks and never imports torch for this.
     """
     shell = get_ipython()  # the kernel's %%torchrun defaults (c.Torchrun.*) where it has them
     defaults = Torchrun(config=shell.config) if shell is not None else Torchrun()
-    options = {"nproc": nproc, "nnodes": nnodes, "launcher": launcher, "timeout": timeout}
+    options = {
+        "nproc": nproc,
+        "nnodes": nnodes,
+        "launcher": launcher,
+        "timeout": timeout,
+        "port": port,
+        "python": python,
+        "srun_args": srun_args,
+        "environment": environment,
+        "container_workdir": container_workdir,
+        "gpus_per_rank": gpus_per_rank,
+    }
     return defaults.launch(fn, args, kwargs, **options)
 
 

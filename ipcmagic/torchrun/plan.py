@@ -11,6 +11,7 @@ from pathlib import Path
 
 from IPython.core.error import UsageError
 
+from ..base.gpus import device_sets, visible_devices
 from ..base.slurm import BLOCK, Allocation, step_env
 from . import rank as rank_side
 from . import standalone
@@ -100,13 +101,40 @@ def streamed(env: Mapping[str, str]) -> dict[str, str]:
     return {"PYTHONIOENCODING": "utf-8", **env, "PYTHONUNBUFFERED": "1"}
 
 
+def rank_count(allocation: Allocation | None, nproc: int | str | None, nnodes: int) -> tuple[int, str]:
+    """Ranks per node, and why where no number chose them: ``gpu``, and by default where the
+    nodes have GPUs, one per GPU of a node (the fewest any of the ``nnodes`` nodes has); else 1,
+    as torchrun. ``allocation`` None: this machine's GPUs."""
+    if isinstance(nproc, int):
+        return nproc, ""
+    if nproc not in (None, "gpu"):
+        raise UsageError(f"-n takes a number of ranks per node or 'gpu' (one per GPU), not {nproc!r}.")
+    if allocation is None:
+        gpus, where = len(visible_devices()), "this node"
+    else:
+        gpus = min(list(allocation.gpus_per_node().values())[:nnodes])
+        where = "each node" if nnodes > 1 else "this job's node"
+    if gpus:
+        return gpus, f"one per GPU of {where}"
+    if nproc == "gpu":
+        raise UsageError(f"-n gpu starts one rank per GPU, but {where} has none; give -n a number.")
+    return 1, ""
+
+
 def plan_standalone(
-    python: str, nproc: int, program: list[str], port: int, env: Mapping[str, str]
+    python: str, nproc: int, program: list[str], port: int, env: Mapping[str, str], *, gpus_per_rank: int = 0
 ) -> TorchrunPlan:
     """ipcmagic's standalone launcher (:mod:`ipcmagic.torchrun.standalone`) on this node, the world's store
-    on ``port``; each rank runs ``python *program``."""
+    on ``port``; each rank runs ``python *program``, with its own ``gpus_per_rank`` GPUs if given."""
     argv = [python, *STANDALONE_PROGRAM, str(nproc), python, *program]
     task_env = {**streamed(clean_env(env)), "MASTER_PORT": str(port)}
+    if gpus_per_rank:
+        seen = env["CUDA_VISIBLE_DEVICES"].split(",") if env.get("CUDA_VISIBLE_DEVICES") else None
+        try:
+            sets = device_sets(seen, nproc, gpus_per_rank, socket.gethostname())
+        except ValueError as e:
+            raise UsageError(str(e).replace("engines", "ranks").replace("-engine", "-rank")) from None
+        task_env[standalone.RANK_GPUS_VAR] = ";".join(sets)
     return TorchrunPlan(argv, task_env, nproc, "ipcmagic")
 
 
@@ -123,10 +151,13 @@ def plan_srun(
     srun_args: list[str] = (),
     environment: str = "",
     container_workdir: str = "",
+    gpus_per_rank: int = 0,
 ) -> TorchrunPlan:
     """One ``srun --overlap`` step on the allocation's first ``nnodes`` nodes, env:// for torch;
-    each rank runs ``python *program``."""
+    each rank runs ``python *program`` with an equal share of its node's CPUs, and its own
+    ``gpus_per_rank`` GPUs if given (else it sees all of its node's)."""
     nodes = allocation.nodes[:nnodes]
+    share = max(1, min(allocation.node_cpus()[node] for node in nodes) // nproc)
     # --quit-on-interrupt: one SIGINT reaches every rank (plain srun only prints a status), then the step ends
     argv = [
         "srun",
@@ -138,6 +169,7 @@ def plan_srun(
         f"--nodes={nnodes}",
         f"--ntasks={nproc * nnodes}",
         f"--ntasks-per-node={nproc}",
+        f"--cpus-per-task={share}",
         BLOCK,
         f"--nodelist={','.join(nodes)}",
     ]
@@ -145,6 +177,8 @@ def plan_srun(
         argv.append(f"--environment={environment}")
     if container_workdir:
         argv.append(f"--container-workdir={container_workdir}")
+    if gpus_per_rank:
+        argv.append(f"--gpus-per-task={gpus_per_rank}")
     argv += [*srun_args, "bash", "-c", _TASK_ENV, "torchrun-task", python, *program]
     task_env = {**streamed(step_env(clean_env(env))), "MASTER_ADDR": nodes[0], "MASTER_PORT": str(port)}
     return TorchrunPlan(argv, task_env, nproc * nnodes, "srun")

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import threading
 
+#: each rank's CUDA_VISIBLE_DEVICES, ``;``-separated (``%%torchrun --gpus-per-rank``)
+RANK_GPUS_VAR = "IPCMAGIC_RANK_GPUS"
 #: seconds between SIGTERM and SIGKILL for the ranks still running after one failed
 GRACE = 3.0
 _write = threading.Lock()
@@ -58,6 +60,9 @@ def start(rank: int, nproc: int, program: list[str]) -> subprocess.Popen:
         "ROLE_WORLD_SIZE": str(nproc),
         "MASTER_ADDR": "127.0.0.1",
     }
+    gpus = env.pop(RANK_GPUS_VAR, "")
+    if gpus:  # --gpus-per-rank: its own devices
+        env["CUDA_VISIBLE_DEVICES"] = gpus.split(";")[rank]
     if nproc > 1:  # torchrun's rule: one OpenMP thread per rank unless told otherwise
         env.setdefault("OMP_NUM_THREADS", "1")
     pipe = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}

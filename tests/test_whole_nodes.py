@@ -1,0 +1,142 @@
+"""Whole-node sessions, as CSCS's spawner starts JupyterLab: the kernel runs in the batch script of a
+``--nodes`` job (no job step, no task count) on whole GH200-shaped nodes of the labs (4 stand-in GPUs
+each, Slurm GRES; 16 CPUs on the 1-node lab, 8 on each of the 2-node lab's). What ``%ipcluster start``
+and ``%%torchrun`` start without -n, and with -n gpu, and where each engine or rank runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("nothing_left")
+
+#: a kernel: the magics' lines, then each engine's and each rank's place as JSON lines
+KERNEL = r"""
+import json, os, sys
+from IPython.core.interactiveshell import InteractiveShell
+import ipcmagic
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+PLACE = "import json, os, socket; print('PLACE', json.dumps([os.environ.get(v) for v in " \
+    "('RANK', 'LOCAL_RANK', 'CUDA_VISIBLE_DEVICES', 'SLURM_CPUS_PER_TASK')] + [socket.gethostname()]))"
+for line in sys.argv[1:]:
+    if line.startswith("%%"):
+        magic, _, args = line[2:].partition(" ")
+        ip.run_cell_magic(magic, args, PLACE)
+    else:
+        ip.run_line_magic(*line[1:].split(" ", 1))
+    if line.startswith("%ipcluster start"):
+        seen = ipcmagic.client()[:].apply_sync(lambda: (
+            __import__("os").environ.get("CUDA_VISIBLE_DEVICES"),
+            __import__("os").environ.get("SLURM_CPUS_PER_TASK"),
+            __import__("socket").gethostname(),
+        ))
+        print("ENGINES", json.dumps(seen))
+"""
+
+
+def run_in_batch(env: dict[str, str], options: list[str], *lines: str, on_node: bool = False) -> str:
+    """Run KERNEL with ``lines`` in a new job as its batch script runs (no step, the test's whole
+    environment, as firecrestspawner's ``--export=ALL,...``); its output. ``on_node``: as the
+    batch script itself, on the job's first node (sbatch, whose files lie under /var/tmp, which
+    the 2-node lab's nodes see); else in salloc's shell on this host (the 1-node lab's node),
+    which is quicker than sbatch's polling."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="whole-nodes-") as tmp:
+        os.chmod(tmp, 0o755)
+        script, out = os.path.join(tmp, "kernel.py"), os.path.join(tmp, "out")
+        with open(script, "w") as f:
+            f.write(KERNEL)
+        kernel = [sys.executable, script, *lines]
+        if on_node:
+            batch = os.path.join(tmp, "job.sh")
+            with open(batch, "w") as f:
+                f.write(f"#!/bin/sh\ncd {ROOT}\nexec {shlex.join(kernel)}\n")
+            command = ["sbatch", "--wait", "-o", out, *options, batch]
+        else:
+            command = ["salloc", *options, *kernel]
+        done = subprocess.run(
+            [*command[:1], "-Q", "-J", "ipcmagic-whole", *command[1:]],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        text = open(out).read() if on_node else done.stdout
+        assert done.returncode == 0, text + done.stderr
+        return text
+
+
+def tagged(out: str, tag: str) -> list:
+    """What the lines that say ``tag`` (after a rank's ``[N] ``) carry, in the order printed."""
+    found = (re.match(rf"(?:\[\d+\] )?{tag} (.*)", line) for line in out.splitlines())
+    return [json.loads(match[1]) for match in found if match]
+
+
+@pytest.fixture
+def one_node(slurm) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+
+
+def test_a_gpu_node_gets_an_engine_and_a_rank_per_gpu(one_node):
+    """The 1-node lab (a whole node holds all its GPUs, as at CSCS): 4 engines, each with its own
+    GPU and a quarter of the node's 16 CPUs; %%torchrun -n gpu: 4 ranks that see every GPU (no
+    CUDA_VISIBLE_DEVICES, as in the job), each LOCAL_RANK one of them; --gpus-per-rank 1: each
+    sees its own only."""
+    out = run_in_batch(
+        one_node,
+        ["--nodes=1", "--exclusive"],
+        "%ipcluster start",
+        "%ipcluster stop",
+        "%%torchrun -n gpu",
+        "%%torchrun --gpus-per-rank 1",
+    )
+    assert "4 srun engines ready in " in out and " s (one per GPU of this job); %%px runs" in out, out
+    (engines,) = tagged(out, "ENGINES")
+    assert sorted(gpus for gpus, _, _ in engines) == ["0", "1", "2", "3"]
+    assert {cpus for _, cpus, _ in engines} == {"4"}
+    places = tagged(out, "PLACE")
+    all_seen, own = sorted(places[:4]), sorted(places[4:])  # each run's ranks, by rank
+    assert [place[1:4] for place in all_seen] == [[str(r), None, "4"] for r in range(4)], out
+    assert [place[1:4] for place in own] == [[str(r), str(r), "4"] for r in range(4)], out
+    assert out.count("%%torchrun: 4 ranks (one per GPU of this job's node)") == 2, out
+
+
+def test_a_node_without_gpus_gets_an_engine_per_cpu_share(one_node):
+    """Without GPUs (8 CPUs of a node): one engine per CPU of the job, or per -c CPUs; %%torchrun: 1 rank."""
+    out = run_in_batch(
+        one_node, ["--nodes=1", "--mincpus=8"], "%ipcluster start -c 4", "%ipcluster stop", "%%torchrun"
+    )
+    assert "2 srun engines ready in " in out and "(one per 4 CPUs of this job)" in out, out
+    assert [place[:3] for place in tagged(out, "PLACE")] == [["0", "0", None]], out
+    assert "%%torchrun:" not in out
+
+
+def test_two_gpu_nodes(two_nodes):
+    """The 2-node lab: 8 engines, 4 per node, each on its own GPU with 2 of its node's 8 CPUs;
+    %%torchrun --nnodes 2: 8 ranks, 4 per node."""
+    out = run_in_batch(
+        two_nodes,
+        ["--nodes=2", "--exclusive"],
+        "%ipcluster start",
+        "%ipcluster stop",
+        "%%torchrun --nnodes 2",
+        on_node=True,
+    )
+    assert "8 srun engines ready in " in out and "(one per GPU of this job)" in out, out
+    (engines,) = tagged(out, "ENGINES")
+    assert sorted(engines) == sorted([str(g), "2", host] for host in ("n1", "n2") for g in range(4))
+    ranks = sorted(tagged(out, "PLACE"), key=lambda place: int(place[0]))
+    assert [(p[0], p[1], p[4]) for p in ranks] == [
+        (str(r), str(r % 4), "n1" if r < 4 else "n2") for r in range(8)
+    ], out
+    assert {p[3] for p in ranks} == {"2"} and "%%torchrun: 8 ranks (one per GPU of each node)" in out
