@@ -14,6 +14,7 @@ import textwrap
 import psutil
 import pytest
 
+import ipcmagic
 from ipcmagic.base.slurm import Allocation
 from ipcmagic.cluster.ipcluster import IPCluster
 from ipcmagic.cluster.plan import plan_engines
@@ -73,8 +74,8 @@ def ipython(tmp_path, config: str, code: str, job: list[str], **env: str) -> str
     return out.stdout
 
 
-def evidence(tmp_path, config: str, start: str, job: list[str]) -> dict:
-    out = ipython(tmp_path, config, EVIDENCE, job, START=start)
+def evidence(tmp_path, config: str, start: str, job: list[str], **env: str) -> dict:
+    out = ipython(tmp_path, config, EVIDENCE, job, START=start, **env)
     return json.loads(
         next(line for line in out.splitlines() if line.startswith("EVIDENCE ")).split(" ", 1)[1]
     )
@@ -98,6 +99,7 @@ c.IPCluster.heartbeat_ms = 200
 c.IPCluster.heartbeat_tolerance = 4.0
 c.IPCluster.controller_ip = {address!r}
 c.IPCluster.encrypt = False
+c.IPCluster.engine_env = {{"SITE_NCCL": "site", "SITE_KEPT": "site"}}
 c.SrunEngineSetLauncher.mpi = "pmix"
 c.SrunEngineSetLauncher.overlap = False
 c.SrunEngineSetLauncher.mpi_cmd = ["/usr/bin/srun"]
@@ -114,7 +116,7 @@ c.LocalControllerLauncher.controller_cmd = [
 @pytest.fixture(scope="module")
 def srun_configured(slurm, tmp_path_factory) -> dict:
     config = SRUN_CONFIG.format(address=host_address())
-    return evidence(tmp_path_factory.mktemp("srun"), config, "-n 2", IN_ALLOCATION)
+    return evidence(tmp_path_factory.mktemp("srun"), config, "-n 2", IN_ALLOCATION, SITE_KEPT="user")
 
 
 @pytest.mark.parametrize(
@@ -134,6 +136,9 @@ def test_srun_launcher_traits_take_effect(srun_configured):
     runner, engines = srun_configured["runner"], srun_configured["engines"]
     assert runner[0] == "/usr/bin/srun" and "--overlap" not in runner  # mpi_cmd, overlap
     assert all(e["env"]["SITE_ENGINE"] == "1" for e in engines)  # engine_cmd
+    assert all(
+        e["env"]["SITE_NCCL"] == "site" and e["env"]["SITE_KEPT"] == "user" for e in engines
+    )  # engine_env
     assert {e["env"]["SLURM_CPUS_PER_TASK"] for e in engines} == {"2"}  # cpus_per_engine, as Slurm saw it
     assert {e["env"]["SLURM_CPU_BIND_TYPE"] for e in engines} == {"cores"}  # cpu_bind, as Slurm saw it
 
@@ -145,7 +150,8 @@ def test_cluster_traits_take_effect(srun_configured):
     assert "--HeartMonitor.max_heartmonitor_misses=20" in controller  # heartbeat_tolerance: 4 s / 200 ms
     assert srun_configured["interface"] == f"tcp://{host_address()}"  # controller_ip
     assert not srun_configured["curve"]  # encrypt (on by default: tests/test_cluster_traffic.py)
-    assert srun_configured["controller_env"] == {"SITE_CONTROLLER": "1"}  # controller_cmd
+    # controller_cmd; the kernel's variables, but not the engines' engine_env
+    assert srun_configured["controller_env"] == {"SITE_CONTROLLER": "1", "SITE_KEPT": "user"}
 
 
 def test_the_users_options_override_the_site_for_that_start_only(slurm, tmp_path):
@@ -191,11 +197,13 @@ TORCHRUN_CONFIG = """
 c.Torchrun.launcher = "srun"
 c.Torchrun.python = {python!r}
 c.Torchrun.grace = 1
+c.Torchrun.env = {{"SITE_NCCL": "site", "SITE_KEPT": "site"}}
 """
 
 #: a rank that ignores SIGINT and SIGTERM, so only the grace periods end it after the --timeout
 TORCHRUN_CODE = """
-SEEN = "import os, sys; print('seen', sys.executable, 'SLURM_STEP_ID' in os.environ)"
+SEEN = "import os, sys; env = os.environ; " \
+    "print('seen', sys.executable, 'SLURM_STEP_ID' in env, env['SITE_NCCL'], env['SITE_KEPT'])"
 STUBBORN = '''
 import signal, time
 for s in (signal.SIGINT, signal.SIGTERM):
@@ -217,8 +225,20 @@ except Exception as e:
 
 def test_torchrun_traits_take_effect(slurm, torch_installed, nothing_left, tmp_path):
     python = str(ROOT / ".venv" / "bin" / "python3")  # the kernel's is .venv/bin/python
-    out = ipython(tmp_path, TORCHRUN_CONFIG.format(python=python), TORCHRUN_CODE, IN_A_STEP)
-    assert f"[0] seen {python} True" in out  # python; launcher srun: the rank runs in a step
+    out = ipython(tmp_path, TORCHRUN_CONFIG.format(python=python), TORCHRUN_CODE, IN_A_STEP, SITE_KEPT="user")
+    assert f"[0] seen {python} True site user" in out  # python; launcher srun: the rank runs in a step; env
     assert "TorchrunError stopped after " in out, out
     stopped = float(out.split("stopped after ", 1)[1].split()[0])
     assert 5 + 2 * 1 <= stopped < 5 + 2 * 3, out  # grace 1 s twice, not the default 3 s
+
+
+def test_the_uenv_nccl_trap_is_named_at_each_start(ip, outside_slurm, monkeypatch, capfd):
+    """CSCS: "Do not use NCCL_NET_PLUGIN=ofi with uenvs"; set by the kernel or the site's profile."""
+    monkeypatch.setenv("UENV_MOUNT_LIST", "/capstor/store/prgenv.squashfs:/user-environment")
+    monkeypatch.setattr(ipcmagic._magics.cluster, "engine_env", {"NCCL_NET_PLUGIN": "ofi"})
+    ip.run_line_magic("ipcluster", "start -n 1")
+    ip.run_line_magic("ipcluster", "stop")
+    monkeypatch.setenv("NCCL_NET_PLUGIN", "ofi")
+    ip.run_cell_magic("torchrun", "-n 1", "pass")
+    warned = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ipcmagic: warning:")]
+    assert len(warned) == 2 and all("NCCL_NET_PLUGIN=ofi in a uenv" in line for line in warned), warned

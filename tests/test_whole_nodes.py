@@ -88,13 +88,13 @@ def one_node(slurm) -> dict[str, str]:
 
 
 def test_a_gpu_node_gets_an_engine_and_a_rank_per_gpu(one_node):
-    """The 1-node lab (a whole node holds all its GPUs, as at CSCS): 4 engines, each with its own
-    GPU and a quarter of the node's 16 CPUs; %%torchrun -n gpu: 4 ranks that see every GPU (no
-    CUDA_VISIBLE_DEVICES, as in the job), each LOCAL_RANK one of them; --gpus-per-rank 1: each
-    sees its own only."""
+    """The 1-node lab, its 4 GPUs and 8 of its CPUs (a whole node is not to be had while other tests
+    hold some): 4 engines, each with its own GPU and a quarter of the job's CPUs; %%torchrun -n
+    gpu: 4 ranks that see every GPU, each LOCAL_RANK one of them; --gpus-per-rank 1: each sees
+    its own only."""
     out = run_in_batch(
         one_node,
-        ["--nodes=1", "--exclusive"],
+        ["--nodes=1", "--gres=gpu:4", "--mincpus=8"],
         "%ipcluster start",
         "%ipcluster stop",
         "%%torchrun -n gpu",
@@ -103,11 +103,11 @@ def test_a_gpu_node_gets_an_engine_and_a_rank_per_gpu(one_node):
     assert "4 srun engines ready in " in out and " s (one per GPU of this job); %%px runs" in out, out
     (engines,) = tagged(out, "ENGINES")
     assert sorted(gpus for gpus, _, _ in engines) == ["0", "1", "2", "3"]
-    assert {cpus for _, cpus, _ in engines} == {"4"}
+    assert {cpus for _, cpus, _ in engines} == {"2"}
     places = tagged(out, "PLACE")
     all_seen, own = sorted(places[:4]), sorted(places[4:])  # each run's ranks, by rank
-    assert [place[1:4] for place in all_seen] == [[str(r), None, "4"] for r in range(4)], out
-    assert [place[1:4] for place in own] == [[str(r), str(r), "4"] for r in range(4)], out
+    assert [place[1:4] for place in all_seen] == [[str(r), "0,1,2,3", "2"] for r in range(4)], out
+    assert [place[1:4] for place in own] == [[str(r), str(r), "2"] for r in range(4)], out
     assert out.count("%%torchrun: 4 ranks (one per GPU of this job's node)") == 2, out
 
 
@@ -139,4 +139,6 @@ def test_two_gpu_nodes(two_nodes):
     assert [(p[0], p[1], p[4]) for p in ranks] == [
         (str(r), str(r % 4), "n1" if r < 4 else "n2") for r in range(8)
     ], out
-    assert {p[3] for p in ranks} == {"2"} and "%%torchrun: 8 ranks (one per GPU of each node)" in out
+    assert {(p[2], p[3]) for p in ranks} == {
+        (None, "2")
+    } and "%%torchrun: 8 ranks (one per GPU of each node)" in out

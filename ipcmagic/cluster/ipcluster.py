@@ -16,11 +16,12 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
-from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from ..base.addresses import LOOPBACK, address_for
 from ..base.commands import require_command, resolve_launcher
+from ..base.environments import warn_of_traps
 from ..base.errors import ClusterError, Interrupted
 from ..base.slurm import Allocation
 from ..base.watchdog import Watchdog
@@ -98,6 +99,12 @@ class IPCluster(LoggingConfigurable):
         help="Address the controller listens on; empty: loopback when all engines run on this "
         "host, else this host's address towards the allocation's other nodes.",
     )
+    engine_env = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="The site's variables for every engine (e.g. NCCL's network settings); a variable the "
+        "kernel already has keeps the kernel's value.",
+    )
     encrypt = Bool(
         True,
         config=True,
@@ -159,6 +166,14 @@ class IPCluster(LoggingConfigurable):
             self.cluster.profile_dir, "security", f"ipcontroller-{self.cluster.cluster_id}-client.json"
         )
 
+    def _engine_environment(self, plan: EnginePlan) -> dict[str, str]:
+        """The engines' variables besides the kernel's: the site's (engine_env) that the kernel
+        does not have, then the launcher's own configured ``environment``."""
+        site = {name: value for name, value in self.engine_env.items() if name not in os.environ}
+        environment = {**site, **plan.launcher_class(config=self.config).environment}
+        warn_of_traps({**os.environ, **environment})
+        return environment
+
     def _controller_ip(self, plan: EnginePlan, allocation: Allocation | None) -> str:
         if self.controller_ip:
             return self.controller_ip
@@ -183,7 +198,7 @@ class IPCluster(LoggingConfigurable):
         # controller and wait for it; engines elsewhere get the connection info once it exists
         all_here = controller_ip == LOOPBACK
         engine_args = [*plan.traits.get("engine_args", []), *self._engine_args(timeout, plan.dask)]
-        traits = {**plan.traits, "engine_args": engine_args}
+        traits = {**plan.traits, "engine_args": engine_args, "environment": self._engine_environment(plan)}
         if plan.launcher != "local":
             traits["profile_dir_env"] = all_here
         config.merge(Config({plan.launcher_class.__name__: traits}))

@@ -18,6 +18,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..base.addresses import address_for
 from ..base.commands import require_command, resolve_launcher, shell_words
+from ..base.environments import warn_of_traps
 from ..base.slurm import Allocation, require_full_export
 from ..base.watchdog import Watchdog
 from .exchange import Exchange
@@ -140,6 +141,7 @@ class Torchrun(LoggingConfigurable):
         # an srun run always has one: through it the kernel notices a rank whose node is lost
         exchange = Exchange(offer or b"", address_for(nodes)) if offer or launcher == "srun" else None
         env = {**self.env, **os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
+        warn_of_traps(env)
         python = python or self.python
         port = port or free_port()
         try:
