@@ -94,6 +94,21 @@ MULTINODE = {
     "restart": "%ipcluster restart",
     "long torchrun": SLEEPING_TORCHRUN,
 }
+#: %%px on whole GPU nodes: where each rank runs, its GPU, and the uenv its step kept
+WHERE_PX = """%%px
+import os, socket
+from mpi4py import MPI
+env = os.environ
+print(f"rank {MPI.COMM_WORLD.rank} of {MPI.COMM_WORLD.size} on {socket.gethostname()}: "
+      f"GPU {env['CUDA_VISIBLE_DEVICES']}, {env['SLURM_CPUS_PER_TASK']} CPUs, {env['UENV_VIEW']}")"""
+#: the cells of whole_nodes.ipynb: CSCS's layout (JupyterLab in the batch script of whole GPU nodes)
+WHOLE_NODES = {
+    "load": "%load_ext ipcmagic",
+    "start": "%ipcluster start",
+    "px": WHERE_PX,
+    "status": "%ipcluster status",
+    "torchrun": TORCH_CELL.format(args="-n gpu --nnodes {nodes}"),
+}
 #: processes of the user's server itself: the batch script, its srun, the server, its kernels
 SERVER_PROCESS = re.compile(r"slurm_script|batchspawner-singleuser|jupyterhub-singleuser|ipykernel_launcher")
 
@@ -101,11 +116,17 @@ SERVER_PROCESS = re.compile(r"slurm_script|batchspawner-singleuser|jupyterhub-si
 class HubLab:
     """One running `dev/hublab` (its env.sh: URL, user, home, Slurm lab) and what its user left."""
 
-    def __init__(self, lab: Path):
+    def __init__(self, lab: Path, layout: str = ""):
+        """``layout``: "" for batchspawner's (its user), "CSCS" for CSCS's (its user)."""
         env_file = lab / "hub" / "env.sh"
         require(env_file.exists(), f"no hub lab on {lab} (dev/hublab start; SLURMLAB_NODES=2 for 2 nodes)")
         found = dict(re.findall(r"(\w+)=(\S+)", env_file.read_text()))
-        self.url, self.user, self.home = found["HUBLAB_URL"], found["HUBLAB_USER"], Path(found["HUBLAB_HOME"])
+        prefix = f"HUBLAB_{layout}_" if layout else "HUBLAB_"
+        self.url, self.user, self.home = (
+            found["HUBLAB_URL"],
+            found[f"{prefix}USER"],
+            Path(found[f"{prefix}HOME"]),
+        )
         self.token = found["HUBLAB_TOKEN"]
         self.lab = lab
         self.env = {**os.environ, "SLURM_CONF": found["SLURM_CONF"]}
@@ -269,8 +290,8 @@ def page(browser, shots_dir, request):
     context.close()
 
 
-def hub_lab(lab: Path):
-    hub = HubLab(lab)
+def hub_lab(lab: Path, layout: str = ""):
+    hub = HubLab(lab, layout)
     hub.clean()
     yield hub
     hub.clean()
@@ -284,6 +305,12 @@ def hub1():
 @pytest.fixture
 def hub2():
     yield from hub_lab(TWO_NODE_LAB)
+
+
+@pytest.fixture(params=[1, 2], ids=["1node", "2nodes"])
+def cscs_hub(request):
+    """CSCS's layout (dev/hublab), on 1 node and on 2."""
+    yield from hub_lab(ONE_NODE_LAB if request.param == 1 else TWO_NODE_LAB, "CSCS")
 
 
 # --- what a user does in the browser -------------------------------------------------------------
@@ -577,6 +604,43 @@ def test_two_nodes(hub2, page, shots_dir):
     rank_dies(page, shot, cells.index("rank dies"))
     assert re.search(r"4 engines restarted in [\d.]+ s", output(run(page, cells.index("restart"))))
     busy_stop(page, hub2, shot, cells.index("long torchrun"))
+
+
+def test_whole_gpu_nodes_as_at_cscs(cscs_hub, page, shots_dir):
+    """JupyterLab in the batch script of whole nodes with 4 GPUs each (firecrestspawner's layout):
+    %ipcluster start gives an engine per GPU, each on its own, in the activated software
+    environment; %%torchrun -n gpu a rank per GPU; Stop My Server leaves nothing."""
+    hub, nodes = cscs_hub, 2 if cscs_hub.lab == TWO_NODE_LAB else 1
+    shot = Shots(shots_dir, f"cscs-{nodes}node")
+    cells = {**WHOLE_NODES, "torchrun": WHOLE_NODES["torchrun"].format(nodes=nodes)}
+    hub.write_notebook("whole_nodes.ipynb", cells)
+    TIMINGS[f"login -> JupyterLab (CSCS, {nodes} node)"] = log_in(page, hub, shot)
+    open_notebook(page, hub, "whole_nodes.ipynb")
+    kernel = hub.kernel_environ()  # in the batch script, after the command's activation
+    assert "SLURM_STEP_ID" not in kernel and "SLURM_NTASKS" not in kernel and kernel["UENV_VIEW"], kernel
+    run(page, list(cells).index("load"))
+    c = run(page, list(cells).index("start"), timeout=180)
+    shot(page, "ipcluster-started", c, doc=f"whole-nodes-start-{nodes}.png" if nodes == 2 else None)
+    TIMINGS[f"%ipcluster start, one engine per GPU ({nodes} node)"] = assert_started(c, 4 * nodes)
+    assert "(one per GPU of this job)" in output(c), output(c)
+    c = run(page, list(cells).index("px"))
+    shot(page, "px-where", c, doc="whole-nodes-px.png" if nodes == 2 else None)
+    places = re.findall(
+        r"rank (\d+) of (\d+) on (\S+): GPU (\d), (\d+) CPUs, ipcmagic-lab:default", output(c)
+    )
+    hosts = ["n1", "n2"] if nodes == 2 else [os.uname().nodename.split(".")[0]]  # the 1-node lab's: this host
+    cpus = "2"  # 8 CPUs of each node's, shared by its 4 GPUs
+    expected = [(str(r), str(4 * nodes), hosts[r // 4], str(r % 4), cpus) for r in range(4 * nodes)]
+    assert sorted(places, key=lambda p: int(p[0])) == expected, output(c)
+    assert_status(run(page, list(cells).index("status")), 4 * nodes)
+    c = run(page, list(cells).index("torchrun"), timeout=180)
+    shot(page, "torchrun", c)
+    total = float(sum(range(1, 4 * nodes + 1)))
+    ranks = re.findall(rf"\[(\d+)\] \1 (\S+) {total}", output(c))
+    assert sorted(int(rank) for rank, _ in ranks) == list(range(4 * nodes)), output(c)
+    assert f"%%torchrun: {4 * nodes} ranks (one per GPU of" in output(c), output(c)
+    TIMINGS[f"CSCS {nodes} node: Stop My Server"] = stop_my_server(page, shot, None)
+    assert_nothing_left(hub, server_running=False, when="after Stop My Server")
 
 
 def rank_raises(page, shot: Shots, index: int) -> None:
