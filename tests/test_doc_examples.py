@@ -6,8 +6,10 @@ An example is a ```python block, run after ``%load_ext ipcmagic``; HTML comments
 ``<!-- doc-test: continue -->`` runs it in the kernel of the example before it,
 ``<!-- doc-test: skip REASON -->`` does not run it (a configuration file, hardware the lab lacks),
 ``<!-- doc-test: before CODE -->`` runs hidden CODE first, ``<!-- doc-test: env NAME=VALUE -->``
-sets the kernel's environment. A page's ``<!-- doc-test: job SALLOC ARGS -->`` shapes its
-allocation (default ``-n 5``; ``-N 2 ...`` runs on the 2-node lab).
+sets the kernel's environment. A page's first ``<!-- doc-test: job SALLOC ARGS -->`` shapes its
+allocation (default ``-n 5``; ``-N 2 ...`` runs on the 2-node lab), one before a block that
+example's; ``<!-- doc-test: batch -->`` runs the kernel as a batch script runs (CSCS's layout: in
+the allocation, not in a step; the 1-node lab only).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Example:
     cells: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     job: list[str] = field(default_factory=lambda: ["-n", "5"])
+    #: the kernel in the allocation itself, not in a one-task step of it
+    batch: bool = False
 
 
 def marks_before(text: str, start: int) -> list[tuple[str, str]]:
@@ -65,7 +69,10 @@ def examples(page: Path) -> tuple[list[Example], list[str]]:
             continue
         line = text[: block.start()].count("\n") + 1
         if "continue" not in kinds or not found:
-            found.append(Example(f"{page.relative_to(ROOT)}:{line}", job=job or ["-n", "5"]))
+            own = shlex.split(kinds["job"]) if "job" in kinds else job
+            found.append(
+                Example(f"{page.relative_to(ROOT)}:{line}", job=own or ["-n", "5"], batch="batch" in kinds)
+            )
         example = found[-1]
         example.cells += [args.replace("\\n", "\n") for kind, args in marks if kind == "before"]
         example.env.update(dict(args.split("=", 1) for kind, args in marks if kind == "env"))
@@ -102,8 +109,9 @@ def test_example_runs_as_written(slurm, nothing_left, example):
     with tempfile.TemporaryDirectory(dir="/var/tmp") as shared:  # seen on every node, unlike /tmp
         path = Path(shared) / "example.ipynb"
         nbformat.write(notebook, path)
+        step = [] if example.batch else ["srun", "-N", "1", "-n", "1"]
         out = subprocess.run(
-            ["salloc", "-Q", *example.job, "-J", "ipcmagic-docs", "srun", "-N", "1", "-n", "1"]
+            ["salloc", "-Q", *example.job, "-J", "ipcmagic-docs", *step]
             + [sys.executable, str(ROOT / "dev" / "run_notebook.py"), str(path)],
             cwd=ROOT,
             env=env,
