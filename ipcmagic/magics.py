@@ -236,6 +236,11 @@ class IPClusterMagics(Magics):
             raise UsageError("Say what to do: %ipcluster start|stop|status|restart (see %ipcluster?).")
         getattr(self, f"_{args.action}")(args)
 
+    def _name_holders(self) -> None:
+        """A line each on what else holds this job's CPUs and GPUs, before a start or a run."""
+        for line in self.cluster.holders():
+            print(f"ipcmagic: {line}", file=sys.stderr, flush=True)
+
     def _start(self, args) -> None:
         plan = self.cluster.plan_start(
             Allocation.from_env(),
@@ -249,6 +254,7 @@ class IPClusterMagics(Magics):
             torch=args.torch,
             launcher_args=args.launcher_args,
         )
+        self._name_holders()
         tic = time.perf_counter()
         self.cluster.start(plan, timeout=args.timeout)
         plain_client.install(self._connection_file)  # a plain ipyparallel.Client() reaches it
@@ -288,7 +294,7 @@ class IPClusterMagics(Magics):
 
     def _status(self, args) -> None:
         if not self.cluster.running:
-            print("No cluster is running.")
+            print("\n".join(["No cluster is running.", *self.cluster.holders()]))
             return
         display(self.cluster.status())
         self._describe_services()
@@ -379,6 +385,7 @@ class IPClusterMagics(Magics):
                 "Name a script: %torchrun [options] script.py [args], or use %%torchrun in a cell."
             )
         push = {name: self._variable(name) for name in _names(args.push, "--push")}
+        self._name_holders()
         pulled = self.torchrun_defaults.run_script(
             cell if cell is not None else rest[0],
             rest if cell is not None else rest[1:],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -38,9 +39,9 @@ ip = InteractiveShell.instance()
 ip.run_line_magic("load_ext", "ipcmagic")
 ip.user_ns.update(lr=0.5, data=list(range(4)))
 ip.run_cell(%r.replace("-n 2", "--nnodes 2 -n 1")).raise_error()
-print(json.dumps(ip.user_ns["seen"]))
+print("SEEN", json.dumps(ip.user_ns["seen"]))
 from ipcmagic.torchrun import launch
-print(json.dumps(launch(__import__("socket").gethostname, nnodes=2)))
+print("LAUNCHED", json.dumps(launch(__import__("socket").gethostname, nnodes=2)))
 """
 
 
@@ -54,8 +55,11 @@ def test_push_pull_and_launch_across_nodes_without_a_shared_file_system(
         PUSH_PULL_ACROSS_NODES % PUSH_PULL,
         two_nodes,
     )
-    assert json.loads(out.splitlines()[-2]) == [[0, 1.0, 6, "n1"], [1, 1.0, 6, "n2"]]
-    assert json.loads(out.splitlines()[-1]) == ["n1", "n2"], "launch, too"
+    said = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("SEEN", "LAUNCHED")))
+    assert json.loads(said["SEEN"]) == [[0, 1.0, 6, "n1"], [1, 1.0, 6, "n2"]]
+    assert json.loads(said["LAUNCHED"]) == ["n1", "n2"], "launch, too"
+    peaks = re.findall(r"^%%torchrun: peak memory by rank: RSS \d+ MiB, \d+ MiB; GPU none used$", out, re.M)
+    assert len(peaks) == 2, out  # each run's last line, from the ranks on both nodes
 
 
 def test_push_and_pull_say_what_is_wrong_before_anything_starts(ip, outside_slurm, torch_installed):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -195,7 +196,9 @@ def test_a_rank_ends_as_python_would(ip, outside_slurm, torch_installed, capsys)
         "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()\n"
     )
     ip.run_cell_magic("torchrun", "-n 1", code)
-    assert capsys.readouterr().out.splitlines()[-2:] == ["[0] thread done", "[0] exit handler ran"]
+    *_, thread, handler, peak = capsys.readouterr().out.splitlines()
+    assert [thread, handler] == ["[0] thread done", "[0] exit handler ran"]
+    assert re.fullmatch(r"%%torchrun: peak memory by rank: RSS \d+ MiB; GPU none used", peak), peak
 
 
 def test_cell_arguments_and_working_directory(
@@ -533,4 +536,7 @@ def test_a_cell_in_any_locale(outside_slurm, torch_installed):
         [sys.executable, "-c", IN_THE_C_LOCALE], capture_output=True, env=env, timeout=120, check=True
     ).stdout.decode()
     assert out.splitlines()[0] == "ascii"
-    assert sorted(out.splitlines()[1:]) == ["[0] Temp\u00e9rature \u2103", "[1] Temp\u00e9rature \u2103"]
+    assert sorted(out.splitlines()[1:3]) == ["[0] Temp\u00e9rature \u2103", "[1] Temp\u00e9rature \u2103"]
+    assert out.splitlines()[3].startswith("%%torchrun: peak memory by rank: RSS "), (
+        out
+    )  # the ranks' own files

@@ -28,8 +28,16 @@ ip = InteractiveShell.instance()
 ip.run_line_magic("load_ext", "ipcmagic")
 PLACE = "import json, os, socket; print('PLACE', json.dumps([os.environ.get(v) for v in " \
     "('RANK', 'LOCAL_RANK', 'CUDA_VISIBLE_DEVICES', 'SLURM_CPUS_PER_TASK')] + [socket.gethostname()]))"
+def place():
+    import os, socket
+    env = os.environ
+    return [env.get(v) for v in ("RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK")] + [
+        socket.gethostname()
+    ]
 for line in sys.argv[1:]:
-    if line.startswith("%%"):
+    if line.startswith("launch"):  # launch(place, <the line's keyword arguments>)
+        print("LAUNCHED", json.dumps(eval(f"ipcmagic.torchrun.{line.replace('(', '(place, ', 1)}")))
+    elif line.startswith("%%"):
         magic, _, args = line[2:].partition(" ")
         ip.run_cell_magic(magic, args, PLACE)
     else:
@@ -99,6 +107,7 @@ def test_a_gpu_node_gets_an_engine_and_a_rank_per_gpu(one_node):
         "%ipcluster stop",
         "%%torchrun -n gpu",
         "%%torchrun --gpus-per-rank 1",
+        'launch(nproc="gpu", gpus_per_rank=1, srun_args="--cpus-per-task=1")',
     )
     assert "4 srun engines ready in " in out and " s (one per GPU of this job); %%px runs" in out, out
     (engines,) = tagged(out, "ENGINES")
@@ -108,7 +117,9 @@ def test_a_gpu_node_gets_an_engine_and_a_rank_per_gpu(one_node):
     all_seen, own = sorted(places[:4]), sorted(places[4:])  # each run's ranks, by rank
     assert [place[1:4] for place in all_seen] == [[str(r), "0,1,2,3", "2"] for r in range(4)], out
     assert [place[1:4] for place in own] == [[str(r), str(r), "2"] for r in range(4)], out
-    assert out.count("%%torchrun: 4 ranks (one per GPU of this job's node)") == 2, out
+    assert out.count("%%torchrun: 4 ranks (one per GPU of this job's node)") == 3, out
+    (launched,) = tagged(out, "LAUNCHED")  # launch() takes %%torchrun's options; the user's srun's win
+    assert [place[1:4] for place in launched] == [[str(r), str(r), "1"] for r in range(4)], out
 
 
 def test_a_node_without_gpus_gets_an_engine_per_cpu_share(one_node):

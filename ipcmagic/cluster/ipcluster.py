@@ -23,6 +23,7 @@ from ..base.addresses import LOOPBACK, address_for
 from ..base.commands import require_command, resolve_launcher
 from ..base.environments import warn_of_traps
 from ..base.errors import ClusterError, Interrupted
+from ..base.holders import holders
 from ..base.slurm import Allocation
 from ..base.watchdog import Watchdog
 from .encryption import add_controller_env, encrypt
@@ -98,6 +99,12 @@ class IPCluster(LoggingConfigurable):
         config=True,
         help="Address the controller listens on; empty: loopback when all engines run on this "
         "host, else this host's address towards the allocation's other nodes.",
+    )
+    name_holders = Bool(
+        True,
+        config=True,
+        help="At each %ipcluster start and %%torchrun, and in %ipcluster status, name what else holds "
+        "this job's CPUs and GPUs: other notebooks' clusters and runs, other steps of the job.",
     )
     engine_env = Dict(
         value_trait=Unicode(),
@@ -583,6 +590,14 @@ class IPCluster(LoggingConfigurable):
     def controller_alive(self) -> bool:
         return process_alive(self.cluster.controller.process.pid)
 
+    def holders(self) -> list[str]:
+        """What else holds this job's CPUs and GPUs, a line each (none where name_holders is off)."""
+        if not self.name_holders:
+            return []
+        allocation = Allocation.from_env()
+        mine = [self.cluster.cluster_id] if self.running else []
+        return [holder.line() for holder in holders(allocation.job_id if allocation else None, mine)]
+
     def status(self) -> ClusterStatus:
         """What ``%ipcluster status`` shows; the engines are asked before the controller's health,
         so a controller that dies meanwhile shows."""
@@ -595,6 +610,7 @@ class IPCluster(LoggingConfigurable):
             controller_alive=self.controller_alive(),
             rows=rows,
             connection_file=self.connection_file,
+            holders=self.holders(),
         )
 
     def engines(self, timeout: float = 3.0) -> list[dict[str, Any]]:

@@ -40,6 +40,8 @@ class ClusterStatus:
     controller_alive: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
     connection_file: str = ""
+    #: what else holds this job's CPUs and GPUs, a line each (:mod:`ipcmagic.base.holders`)
+    holders: list[str] = field(default_factory=list)
 
     @property
     def steps(self) -> str:
@@ -75,7 +77,7 @@ class ClusterStatus:
     def __str__(self) -> str:
         headings = [heading for heading, _ in self.columns]
         alive = [*_text_table([headings, *self.cells()]), self.elsewhere()] if self.controller_alive else []
-        return "\n".join([self.headline(), *alive, self.advice()]).rstrip()
+        return "\n".join([self.headline(), *alive, *self.holders, self.advice()]).rstrip()
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
@@ -93,7 +95,8 @@ class ClusterStatus:
             else ""
         )
         advice = f"<p><b>{html.escape(self.advice())}</b></p>" if self.advice() else ""
-        return f"<p>{html.escape(self.headline())}</p>{alive}{advice}"
+        holders = "".join(f"<p>{html.escape(line)}</p>" for line in self.holders)
+        return f"<p>{html.escape(self.headline())}</p>{alive}{holders}{advice}"
 
 
 #: the numeric columns, aligned to the right

@@ -45,8 +45,8 @@ SILENT_NODE = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
 
 class Exchange:
     """One run's server: offers ``offer`` to every rank, keeps each rank's put in ``results``, its
-    node in ``nodes``, its announced exit status in ``exits``, and when it ended (said its exit
-    status, or its connection closed without one) in ``ended``."""
+    node in ``nodes``, its announced exit status in ``exits`` and peak memory in ``peaks``, and when
+    it ended (said its exit status, or its connection closed without one) in ``ended``."""
 
     def __init__(self, offer: bytes, host: str) -> None:
         self.offer = offer
@@ -55,6 +55,7 @@ class Exchange:
         self.nodes: dict[int, str] = {}
         self.exits: dict[int, int] = {}
         self.ended: dict[int, float] = {}  # rank -> time.monotonic() when it ended
+        self.peaks: dict[int, tuple[int, int]] = {}  # rank -> peak RSS, GPU memory (-1: none)
         self.refused = 0  # connections that could not prove the key
         self._closing = False
         self._server = socket.create_server((host, 0))
@@ -102,7 +103,9 @@ class Exchange:
                     self.results[rank] = receive(sock)
                     send(sock, b"ok")
                 if what == b"exit":
-                    self.exits[rank] = int(receive(sock))
+                    status, (rss, gpu) = int(receive(sock)), receive(sock).split()
+                    self.peaks[rank] = (int(rss), int(gpu))
+                    self.exits[rank] = status
                     self.ended[rank] = time.monotonic()
                     return
             except (OSError, ValueError):
@@ -143,6 +146,14 @@ class Exchange:
         now = time.monotonic()
         silent = [(rank, when) for rank, when in list(self.ended.items()) if rank not in self.exits]
         return {rank: self.nodes[rank] for rank, when in silent if now - when >= after}
+
+    def peaks_of(self, ranks: int, wait: float = 0.2) -> list[tuple[int, int] | None]:
+        """Each rank's peak memory (RSS, GPU; None: it did not say), waiting up to ``wait`` s for
+        what the ranks sent as they ended to be read."""
+        deadline = time.monotonic() + wait
+        while len(self.peaks) < ranks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return [self.peaks.get(rank) for rank in range(ranks)]
 
     def close(self) -> None:
         """Stop listening, end the connections still open, wait for the ranks' threads."""

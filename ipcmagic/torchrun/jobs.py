@@ -32,6 +32,7 @@ from .plan import (
     plan_standalone,
     rank_count,
 )
+from .rank import PEAKS_VAR
 from .run import TorchrunError, run
 
 
@@ -138,9 +139,11 @@ class Torchrun(LoggingConfigurable):
         job_id = allocation.job_id if allocation and launcher == "srun" else None  # its step to cancel
         watchdog = Watchdog(f"{MARKER_VAR}={token}", directory, job_id, name)
         nodes = allocation.nodes[:nnodes] if launcher == "srun" else ()
-        # an srun run always has one: through it the kernel notices a rank whose node is lost
+        # an srun run always has one: through it the kernel notices a rank whose node is lost; a
+        # standalone run without values opens no port, and its ranks leave their peaks in `directory`
         exchange = Exchange(offer or b"", address_for(nodes)) if offer or launcher == "srun" else None
-        env = {**self.env, **os.environ, **env, MARKER_VAR: token, **(exchange.env if exchange else {})}
+        handover = exchange.env if exchange else {PEAKS_VAR: directory}
+        env = {**self.env, **os.environ, **env, MARKER_VAR: token, **handover}
         warn_of_traps(env)
         python = python or self.python
         port = port or free_port()
@@ -167,6 +170,8 @@ class Torchrun(LoggingConfigurable):
             except TorchrunError as failed:
                 failed.results = _by_rank(exchange, plan.ranks)
                 raise
+            peaks = exchange.peaks_of(plan.ranks) if exchange else left_peaks(directory, plan.ranks)
+            print(peaks_line(peaks), flush=True)
         finally:
             if exchange is not None:
                 exchange.close()
@@ -254,6 +259,33 @@ def _source(fn: Callable) -> tuple[str, list[str]] | None:
 def _by_rank(exchange: Exchange | None, ranks: int) -> list[bytes | None]:
     """What each rank put in the exchange, by rank (None: nothing)."""
     return [exchange.results.get(rank) if exchange else None for rank in range(ranks)]
+
+
+def left_peaks(directory: str, ranks: int) -> list[tuple[int, int] | None]:
+    """The peak memory (RSS, GPU) each rank of a run without an exchange left in ``directory``."""
+    peaks = []
+    for rank in range(ranks):
+        try:
+            with open(os.path.join(directory, f"peak-{rank}")) as f:
+                rss, gpu = f.read().split()
+            peaks.append((int(rss), int(gpu)))
+        except (OSError, ValueError):
+            peaks.append(None)
+    return peaks
+
+
+def peaks_line(peaks: list[tuple[int, int] | None]) -> str:
+    """The run's last line: each rank's peak resident memory and GPU memory, by rank."""
+    rss = ", ".join(_size(peak[0]) if peak else "?" for peak in peaks)
+    used = [peak for peak in peaks if peak and peak[1] >= 0]
+    gpu = (
+        ", ".join(_size(peak[1]) if peak and peak[1] >= 0 else "-" for peak in peaks) if used else "none used"
+    )
+    return f"%%torchrun: peak memory by rank: RSS {rss}; GPU {gpu}"
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 10 * 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def _outcome(results: list[bytes | None], rank: int) -> tuple:

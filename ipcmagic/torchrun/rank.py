@@ -23,6 +23,7 @@ import hmac
 import linecache
 import os
 import pickle
+import resource
 import socket
 import struct
 import sys
@@ -36,6 +37,8 @@ CELL_VAR = "IPCMAGIC_TORCHRUN_CELL"
 #: where the kernel's exchange listens (host:port), and its key (hex)
 EXCHANGE_VAR = "IPCMAGIC_EXCHANGE"
 KEY_VAR = "IPCMAGIC_EXCHANGE_KEY"
+#: where a rank of a run without an exchange leaves its peak memory (the run's private directory)
+PEAKS_VAR = "IPCMAGIC_PEAKS"
 #: seconds a rank waits to reach the kernel and for its proof (a kernel under attack, or gone)
 CONNECT_TIMEOUT = 60.0
 #: the file name tracebacks show for the cell's lines
@@ -74,7 +77,7 @@ def proof(key: bytes, *parts: bytes) -> bytes:
 class Kernel:
     """This rank's connection to the kernel's exchange, held for the rank's life: both sides first
     prove that they hold the run's key; then the kernel's offer comes in, this rank's result may go
-    out, and its exit status goes out last. Its closing without an exit status tells the kernel
+    out, and its exit status and peak memory go out last. Its closing without an exit status tells the kernel
     that the rank died; when srun does not report that, its node is lost."""
 
     def __init__(self, rank: int) -> None:
@@ -99,12 +102,25 @@ class Kernel:
         receive(self.sock)
 
     def ended(self, status: int) -> None:
-        """Tell the kernel this rank's exit status (from the rank's process only, not a fork)."""
+        """Tell the kernel this rank's exit status and peak memory (from the rank's process only,
+        not a fork)."""
         if os.getpid() == self.pid:
             self.pid = None
             with contextlib.suppress(OSError):
                 send(self.sock, b"exit")
                 send(self.sock, b"%d" % status)
+                send(self.sock, b"%d %d" % peak_memory())
+
+
+def peak_memory() -> tuple[int, int]:
+    """This process's peak resident memory, and the most GPU memory torch's allocator held on one
+    device (-1: torch did not use CUDA), in bytes."""
+    gpu = -1
+    torch = sys.modules.get("torch")
+    with contextlib.suppress(Exception):  # torch half-imported, or CUDA in a bad state at the end
+        if torch is not None and torch.cuda.is_initialized():
+            gpu = max(torch.cuda.max_memory_reserved(d) for d in range(torch.cuda.device_count()))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, gpu
 
 
 def connect() -> Kernel | None:
@@ -216,6 +232,11 @@ def main() -> None:
     getattr(atexit, "_run_exitfuncs", lambda: None)()
     sys.stdout.flush()
     sys.stderr.flush()
+    if kernel is None and os.environ.get(PEAKS_VAR):  # the exchange hears it from os._exit
+        with contextlib.suppress(OSError):
+            path = os.path.join(os.environ[PEAKS_VAR], f"peak-{os.environ.get('RANK', '0')}")
+            with open(path, "w") as f:
+                f.write("{} {}".format(*peak_memory()))
     os._exit(status)
 
 
