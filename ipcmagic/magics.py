@@ -17,6 +17,7 @@ from . import plain_client
 from .base.slurm import Allocation
 from .cluster.bounded import run_bounded
 from .cluster.ipcluster import IPCluster
+from .cluster.livetable import INTERVAL as LIVE_INTERVAL
 from .cluster.losses import EnginesLost, describe_loss, names
 from .cluster.plan import LAUNCHERS
 from .cluster.torchworld import describe as describe_world
@@ -205,6 +206,12 @@ class IPClusterMagics(Magics):
         action="store_true",
         help="restart: only the lost engines (local engines; MPI ranks are one world: all restart).",
     )
+    @argument(
+        "--watch",
+        action="store_true",
+        help="status: each engine's CPU %%, memory and GPU use, refreshed every 2 s until the cluster "
+        "stops or restarts (a table widget in Jupyter; text in a terminal until interrupted).",
+    )
     @argument("-v", "--version", action="store_true", help="Print ipcmagic's version.")
     @argument("-h", "--help", action="store_true", help="Show this help.")
     # ipcmagic 1.x's spellings, for notebooks written for it
@@ -293,6 +300,9 @@ class IPClusterMagics(Magics):
         self._describe_services()
 
     def _status(self, args) -> None:
+        if args.watch:
+            self.cluster.watch_usage(LIVE_INTERVAL).show()
+            return
         if not self.cluster.running:
             print("\n".join(["No cluster is running.", *self.cluster.holders()]))
             return

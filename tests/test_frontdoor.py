@@ -107,6 +107,9 @@ WHOLE_NODES = {
     "start": "%ipcluster start",
     "px": WHERE_PX,
     "status": "%ipcluster status",
+    "watch": "%ipcluster status --watch",
+    "busy": "%%px\nimport time\nt = time.time()\nwhile time.time() - t < 8:\n    pass",
+    "stop": "%ipcluster stop",
     "torchrun": TORCH_CELL.format(args="-n gpu --nnodes {nodes}"),
 }
 #: processes of the user's server itself: the batch script, its srun, the server, its kernels
@@ -633,6 +636,7 @@ def test_whole_gpu_nodes_as_at_cscs(cscs_hub, page, shots_dir):
     expected = [(str(r), str(4 * nodes), hosts[r // 4], str(r % 4), cpus) for r in range(4 * nodes)]
     assert sorted(places, key=lambda p: int(p[0])) == expected, output(c)
     assert_status(run(page, list(cells).index("status")), 4 * nodes)
+    watched(page, shot, list(cells).index("watch"), 4 * nodes, doc=nodes == 2)
     c = run(page, list(cells).index("torchrun"), timeout=180)
     shot(page, "torchrun", c)
     total = float(sum(range(1, 4 * nodes + 1)))
@@ -641,6 +645,30 @@ def test_whole_gpu_nodes_as_at_cscs(cscs_hub, page, shots_dir):
     assert f"%%torchrun: {4 * nodes} ranks (one per GPU of" in output(c), output(c)
     TIMINGS[f"CSCS {nodes} node: Stop My Server"] = stop_my_server(page, shot, None)
     assert_nothing_left(hub, server_running=False, when="after Stop My Server")
+
+
+def watched(page, shot: Shots, index: int, engines: int, doc: bool) -> None:
+    """%ipcluster status --watch (cell ``index``), then a %%px cell that keeps every engine busy
+    for 8 s: the table shows each engine working; %ipcluster stop ends it."""
+    shown = run(page, index).locator(".jp-OutputArea")
+    shown.locator("table").wait_for()
+    run(page, index + 1, wait=False)
+    # a refresh while they work (each a new table): each engine's CPU % over 10 (8 engines of the
+    # 2-node lab share this machine's 2 cores)
+    page.wait_for_function(
+        f"""el => {{ const rows = [...el.querySelectorAll('table tbody tr')];
+                   return rows.length == {engines} && rows.every(r => +r.cells[4].textContent > 10); }}""",
+        arg=shown.element_handle(),
+        timeout=30_000,
+    )
+    shot(page, "watch", cell(page, index), doc="watch.png" if doc else None)
+    wait_done(page, cell(page, index + 1).locator(".jp-InputPrompt"))
+    run(page, index + 2)  # %ipcluster stop
+    output_of_watch = cell(page, index).locator(".jp-OutputArea")
+    page.wait_for_function(
+        "el => el.textContent.includes('The cluster was stopped.')", arg=output_of_watch.element_handle()
+    )
+    shot(page, "watch-stopped", cell(page, index))
 
 
 def rank_raises(page, shot: Shots, index: int) -> None:

@@ -25,6 +25,8 @@ _STEP = re.compile(
     r".*? SrunHost:Pid=(?P<host>[^:\s]+):(?P<pid>\d+)"
 )
 _GPUS = re.compile(r"gres/gpu=(\d+)")
+#: the name of the steps that sample engines' usage for a watch (:mod:`ipcmagic.cluster.livetable`)
+USAGE_STEP = "ipcmagic-usage-"
 #: programs whose command lines name the engines they start
 LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "prterun", "env"})
 
@@ -99,7 +101,11 @@ def _steps(job_id: str, processes: dict[int, psutil.Process]) -> list[Holder]:
     found = []
     for step in _STEP.finditer(shown):
         srun = processes.get(int(step["pid"])) if step["host"] == os.uname().nodename.split(".")[0] else None
-        if step["step"] == own_step or (srun is not None and _mine(srun)):
+        if (
+            step["step"] == own_step
+            or step["name"].startswith(USAGE_STEP)
+            or (srun is not None and _mine(srun))
+        ):
             continue
         tasks, name = int(step["tasks"]), step["name"]
         if name.startswith("ipcmagic-torchrun-"):

@@ -23,13 +23,14 @@ from ..base.addresses import LOOPBACK, address_for
 from ..base.commands import require_command, resolve_launcher
 from ..base.environments import warn_of_traps
 from ..base.errors import ClusterError, Interrupted
-from ..base.holders import holders
+from ..base.holders import USAGE_STEP, holders
 from ..base.slurm import Allocation
 from ..base.watchdog import Watchdog
 from .encryption import add_controller_env, encrypt
 from .failed_start import start_failure
 from .gpus import gpu_sets, use_gpus
 from .halting import GRACE, ended_message, halt, interrupted_message, kill_engines, running, vanished
+from .livetable import EngineUsage, LiveTable
 from .losses import (
     Follower,
     describe_loss,
@@ -157,6 +158,7 @@ class IPCluster(LoggingConfigurable):
         self.torch_backend: str | None = None  # while the engines are one torch.distributed world
         self.watchdog: Watchdog | None = None
         self.roster: dict[int, dict[str, Any]] = {}  # engines as started: id -> row of engines()
+        self.live_tables: list[LiveTable] = []  # %ipcluster status --watch
         self.follower: Follower | None = None  # of the engines' launchers, since the last (re)start
         self.plan: EnginePlan | None = None
         self.started_at = 0.0
@@ -386,11 +388,34 @@ class IPCluster(LoggingConfigurable):
             launchers.append(controller)
         return "\n".join(out.strip() for out in (la.get_output() for la in launchers) if out.strip())
 
+    def watch_usage(self, interval: float) -> LiveTable:
+        """A live table of the engines' usage (``%ipcluster status --watch``), until a stop or restart."""
+        if not self.running:
+            raise UsageError("No cluster is running; start one with %ipcluster start.")
+        self.settle()
+        allocation = Allocation.from_env()
+        job_id = allocation.job_id if allocation and self.plan.launcher != "local" else None
+        name = f"{USAGE_STEP}{self.cluster.cluster_id}"
+        sampler = EngineUsage(list(self.roster.values()), job_id, name, interval)
+        table = LiveTable(self.roster, sampler, self._known_gone, interval)
+        self.live_tables.append(table)
+        return table
+
+    def _known_gone(self) -> set[int]:
+        follower = self.follower
+        return follower.known_dead() if follower is not None else set()
+
+    def _stop_live_tables(self, why: str) -> None:
+        tables, self.live_tables = self.live_tables, []
+        for table in tables:
+            table.stop(why)
+
     def stop(self) -> None:
         """Stop engines and controller and remove the cluster's files; return when all are gone."""
         cluster, client, watchdog, dask_client = self.cluster, self.client, self.watchdog, self.dask_client
         if cluster is None:
             return
+        self._stop_live_tables("The cluster was stopped.")
         self.cluster = self.client = self.view = self.watchdog = self.dask_client = self.dask_security = None
         self.torch_backend = None
         self.restarting = None
@@ -429,6 +454,7 @@ class IPCluster(LoggingConfigurable):
         them (:meth:`settle`). ``kill``: the engines are stuck, SIGKILL them instead of SIGTERM."""
         if not self.running:
             raise UsageError("No cluster is running; start one with %ipcluster start.")
+        self._stop_live_tables("The engines were restarted; %ipcluster status --watch shows the new ones.")
         self.settle()
         if not self.controller_alive():
             raise UsageError("The controller has died; run %ipcluster stop, then %ipcluster start.")

@@ -76,7 +76,7 @@ class ClusterStatus:
 
     def __str__(self) -> str:
         headings = [heading for heading, _ in self.columns]
-        alive = [*_text_table([headings, *self.cells()]), self.elsewhere()] if self.controller_alive else []
+        alive = [*text_table([headings, *self.cells()]), self.elsewhere()] if self.controller_alive else []
         return "\n".join([self.headline(), *alive, *self.holders, self.advice()]).rstrip()
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -103,7 +103,7 @@ class ClusterStatus:
 _NUMERIC = {"engine", "rank", "pid"}
 
 
-def _text_table(lines: list[list[str]]) -> list[str]:
+def text_table(lines: list[list[str]]) -> list[str]:
     """Aligned columns; the numeric ones (engine, rank, pid) to the right."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     right = [heading in _NUMERIC for heading in lines[0]]
