@@ -25,3 +25,20 @@ def device_sets(seen: list[str] | None, ranks: int, per_rank: int, host: str) ->
         )
     devices = seen if seen is not None else [str(i) for i in range(ranks * per_rank)]
     return [",".join(devices[rank * per_rank : (rank + 1) * per_rank]) for rank in range(ranks)]
+
+
+def gpu_processes() -> dict[int, list[tuple[int, int]]]:
+    """The processes on this node's GPUs, from NVML (nvidia-ml-py): pid -> [(GPU index, bytes of
+    its memory)]; empty where NVML is not there."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no nvidia-ml-py, no driver: nothing to say
+        return {}
+    found: dict[int, list[tuple[int, int]]] = {}
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        device = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for process in pynvml.nvmlDeviceGetComputeRunningProcesses(device):
+            found.setdefault(process.pid, []).append((index, process.usedGpuMemory or 0))
+    return found

@@ -1,6 +1,7 @@
 """Who else holds this allocation's CPUs and GPUs: the other running steps of this job (Slurm's
 ``scontrol show step``), among them other notebooks' ipcmagic clusters and ``%%torchrun`` runs,
-and other notebooks' local clusters on this node (their controllers). A step is told by its name
+other notebooks' local clusters on this node (their controllers), and other processes of this
+user on this node's GPUs (NVML, where there). A step is told by its name
 (``ipcmagic-<cluster id>``, ``ipcmagic-torchrun-<kernel pid>``); its notebook is found from the
 ``srun`` that runs it (``SrunHost:Pid``): the process above it, whose ``JPY_SESSION_NAME`` (set by
 Jupyter) names the notebook. Only this user's processes are read (psutil, /proc)."""
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from .gpus import gpu_processes
 from .slurm import SLURM_TIMEOUT
 
 #: the parts of a step in ``scontrol show step --oneliner``
@@ -55,7 +57,7 @@ def holders(job_id: str | None, mine: Iterable[str] = ()) -> list[Holder]:
     ``mine``: the IPP_CLUSTER_IDs of this kernel's own clusters, left out."""
     processes = _my_processes()
     found = _steps(job_id, processes) if job_id else []
-    return found + _local_clusters(processes, set(mine))
+    return found + _local_clusters(processes, set(mine)) + _on_gpus(processes)
 
 
 def _my_processes() -> dict[int, psutil.Process]:
@@ -166,6 +168,32 @@ def _forked_by_an_engine(process: psutil.Process) -> bool:
         return "ipcmagic.engine" in " ".join(process.parent().cmdline())
     except (psutil.Error, AttributeError):
         return False
+
+
+def _on_gpus(processes: dict[int, psutil.Process]) -> list[Holder]:
+    """Other processes of this user on this node's GPUs (NVML), but ipcmagic's engines and ranks,
+    which their steps and clusters name: a kernel that uses a GPU itself, a script, a server."""
+    found = []
+    for pid, uses in gpu_processes().items():
+        process = processes.get(pid)
+        env = _environ(process) if process else {}
+        if process is None or _mine(process) or "IPP_CLUSTER_ID" in env or "IPCMAGIC_TORCHRUN" in env:
+            continue
+        gpus = ",".join(str(index) for index, _ in uses)
+        memory = sum(used for _, used in uses) / 2**30
+        try:
+            who = _notebook(process) or f"process {pid} ({process.name()}) of yours"
+            found.append(
+                Holder(
+                    who,
+                    f"{memory:.1f} GiB of GPU memory",
+                    f"on GPU {gpus} of this node",
+                    process.create_time(),
+                )
+            )
+        except psutil.Error:
+            continue
+    return found
 
 
 def _slurm_task(process: psutil.Process) -> bool:
