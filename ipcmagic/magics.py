@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -210,7 +212,7 @@ class IPClusterMagics(Magics):
         "--watch",
         action="store_true",
         help="status: each engine's CPU %%, memory and GPU use, refreshed every 2 s until the cluster "
-        "stops or restarts (a table widget in Jupyter; text in a terminal until interrupted).",
+        "stops (a table widget in Jupyter; text in a terminal until interrupted).",
     )
     @argument("-v", "--version", action="store_true", help="Print ipcmagic's version.")
     @argument("-h", "--help", action="store_true", help="Show this help.")
@@ -243,10 +245,19 @@ class IPClusterMagics(Magics):
             raise UsageError("Say what to do: %ipcluster start|stop|status|restart (see %ipcluster?).")
         getattr(self, f"_{args.action}")(args)
 
-    def _name_holders(self) -> None:
-        """A line each on what else holds this job's CPUs and GPUs, before a start or a run."""
-        for line in self.cluster.holders():
-            print(f"ipcmagic: {line}", file=sys.stderr, flush=True)
+    def _name_holders(self) -> Callable[[], None]:
+        """Find what else holds this job's CPUs and GPUs, meanwhile; the call returned prints a
+        line on each (Slurm has 2 s to answer: slurmctld down, a start does not wait longer)."""
+        found: list[str] = []
+        finding = threading.Thread(target=lambda: found.extend(self.cluster.holders()), daemon=True)
+        finding.start()
+
+        def say() -> None:
+            finding.join()
+            for line in found:
+                print(f"ipcmagic: {line}", file=sys.stderr, flush=True)
+
+        return say
 
     def _start(self, args) -> None:
         plan = self.cluster.plan_start(
@@ -261,9 +272,12 @@ class IPClusterMagics(Magics):
             torch=args.torch,
             launcher_args=args.launcher_args,
         )
-        self._name_holders()
+        say_holders = self._name_holders()  # while the cluster starts
         tic = time.perf_counter()
-        self.cluster.start(plan, timeout=args.timeout)
+        try:
+            self.cluster.start(plan, timeout=args.timeout)
+        finally:
+            say_holders()
         plain_client.install(self._connection_file)  # a plain ipyparallel.Client() reaches it
         engines = f"{plan.n} {plan.launcher} engine{'s' if plan.n > 1 else ''}"
         why = f" ({plan.rule})" if plan.rule else ""
@@ -395,7 +409,7 @@ class IPClusterMagics(Magics):
                 "Name a script: %torchrun [options] script.py [args], or use %%torchrun in a cell."
             )
         push = {name: self._variable(name) for name in _names(args.push, "--push")}
-        self._name_holders()
+        self._name_holders()()
         pulled = self.torchrun_defaults.run_script(
             cell if cell is not None else rest[0],
             rest if cell is not None else rest[1:],

@@ -65,8 +65,10 @@ def test_srun_engines_are_ranks_of_one_step(ip, in_allocation, capsys):
 
 
 def test_status_shows_affinity_and_gpus_as_text_and_html(ip, in_allocation, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # srun passes it on, as a GPU site's would
-    ip.run_line_magic("ipcluster", "start -n 2 -c 2")
+    # local engines pass it on (an srun step of this GPU-less job would get it emptied by Slurm, as
+    # the lab's node has GPUs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    ip.run_line_magic("ipcluster", "start -n 2 --launcher local")
     status = ipcmagic._magics.cluster.status()
     pids = ipcmagic.client()[:].apply_sync(os.getpid)
     affinity = ipcmagic.client()[:].apply_sync(lambda: sorted(__import__("os").sched_getaffinity(0)))
@@ -90,7 +92,7 @@ def test_srun_with_cpus_and_mpi_type(ip, in_allocation):
     [
         ("start -n 0", "at least 1"),
         ("start -n -1", "at least 1"),
-        ("start -n abc", "invalid int value"),
+        ("start -n abc", "give a number or gpu, not 'abc'"),
         ("start -n 9", "this allocation has 8"),
         ("start --launcher slurm", "invalid choice"),
         ("start --timeout 0", "argument --timeout"),

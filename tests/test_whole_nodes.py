@@ -129,7 +129,7 @@ def test_a_node_without_gpus_gets_an_engine_per_cpu_share(one_node):
     )
     assert "2 srun engines ready in " in out and "(one per 4 CPUs of this job)" in out, out
     assert [place[:3] for place in tagged(out, "PLACE")] == [["0", "0", None]], out
-    assert "%%torchrun:" not in out
+    assert "ranks (one per" not in out and "%%torchrun: peak memory by rank: RSS " in out, out
 
 
 def test_two_gpu_nodes(two_nodes):

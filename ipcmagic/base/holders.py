@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import psutil
 
 from .gpus import gpu_processes
-from .slurm import SLURM_TIMEOUT
 
 #: the parts of a step in ``scontrol show step --oneliner``
 _STEP = re.compile(
@@ -27,6 +26,8 @@ _STEP = re.compile(
     r".*? SrunHost:Pid=(?P<host>[^:\s]+):(?P<pid>\d+)"
 )
 _GPUS = re.compile(r"gres/gpu=(\d+)")
+#: seconds Slurm has to list the steps: a start does not wait longer for a courtesy (slurmctld down)
+SLURM_WAIT = 2
 #: the name of the steps that sample engines' usage for a watch (:mod:`ipcmagic.cluster.livetable`)
 USAGE_STEP = "ipcmagic-usage-"
 #: programs whose command lines name the engines they start
@@ -96,7 +97,7 @@ def _notebook(process: psutil.Process | None) -> str:
 def _steps(job_id: str, processes: dict[int, psutil.Process]) -> list[Holder]:
     command = ["scontrol", "show", "step", "--oneliner", job_id]
     try:
-        shown = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT).stdout
+        shown = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_WAIT).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []  # slurmctld busy: a start does not wait for a courtesy
     own_step = os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID")
@@ -144,7 +145,7 @@ def _local_clusters(processes: dict[int, psutil.Process], mine: set[str]) -> lis
         cluster = env.get("IPP_CLUSTER_ID")
         if not cluster or cluster in mine:
             continue
-        if "ipcmagic.controller" in cmdline:
+        if "ipcmagic.controller" in cmdline and not _mine(process):
             controllers[cluster] = (process, env.get("SLURM_STEP_ID"))
         elif "ipcmagic.engine" in cmdline and not _forked_by_an_engine(process):
             engines.setdefault(cluster, []).append((process, env.get("SLURM_STEP_ID")))

@@ -393,13 +393,16 @@ class IPCluster(LoggingConfigurable):
         if not self.running:
             raise UsageError("No cluster is running; start one with %ipcluster start.")
         self.settle()
+        table = LiveTable(self.roster, self._usage(interval), self._known_gone, interval)
+        self.live_tables.append(table)
+        return table
+
+    def _usage(self, interval: float) -> EngineUsage:
+        """A sampler of the engines' usage: here, and by a collector step on the job's other nodes."""
         allocation = Allocation.from_env()
         job_id = allocation.job_id if allocation and self.plan.launcher != "local" else None
         name = f"{USAGE_STEP}{self.cluster.cluster_id}"
-        sampler = EngineUsage(list(self.roster.values()), job_id, name, interval)
-        table = LiveTable(self.roster, sampler, self._known_gone, interval)
-        self.live_tables.append(table)
-        return table
+        return EngineUsage(list(self.roster.values()), job_id, name, interval)
 
     def _known_gone(self) -> set[int]:
         follower = self.follower
@@ -454,7 +457,6 @@ class IPCluster(LoggingConfigurable):
         them (:meth:`settle`). ``kill``: the engines are stuck, SIGKILL them instead of SIGTERM."""
         if not self.running:
             raise UsageError("No cluster is running; start one with %ipcluster start.")
-        self._stop_live_tables("The engines were restarted; %ipcluster status --watch shows the new ones.")
         self.settle()
         if not self.controller_alive():
             raise UsageError("The controller has died; run %ipcluster stop, then %ipcluster start.")
@@ -584,6 +586,8 @@ class IPCluster(LoggingConfigurable):
         for reply in [self.client[i].apply_async(use_gpus, devices) for i, devices in gpus.items()]:
             reply.get()
         self.roster = {row["id"]: {**row, "gpus": gpus.get(row["id"], row["gpus"])} for row in rows}
+        for table in self.live_tables:  # a restart's engines: the watches follow them
+            table.follow(self.roster, self._usage(table.interval))
         self.told = set()
         self.follower = Follower(self.roster, self.connection_file, self.step)
         launchers = self._engine_launchers()

@@ -1,5 +1,6 @@
 """``%ipcluster status --watch``: each engine's CPU, memory and GPU use in a table that refreshes
-(an ipywidgets HTML widget in Jupyter, text in a terminal) until the cluster stops or restarts.
+(an ipywidgets HTML widget in Jupyter, text in a terminal) until the cluster stops; after a restart
+it follows the new engines.
 The engines are sampled from outside (:mod:`.usage`): in the kernel for those on its node, by one
 ``srun --overlap`` collector task per other node; a watch costs the engines nothing, and its
 collector step ends with it."""
@@ -203,6 +204,11 @@ class LiveTable:
             self.stop("")
         finally:
             self.sampler.close()
+
+    def follow(self, roster: dict[int, dict[str, Any]], sampler: EngineUsage) -> None:
+        """Watch the engines of ``roster`` from now on (a restart's), sampled by ``sampler``."""
+        before, self.sampler, self.roster = self.sampler, sampler, dict(roster)
+        before.close()
 
     def stop(self, why: str) -> None:
         """End the watch, saying ``why`` under the last table, and its collector step."""
