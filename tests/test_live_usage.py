@@ -66,3 +66,16 @@ def test_a_terminal_watch_prints_until_the_cluster_stops(ip, outside_slurm, caps
     assert time.monotonic() - tic < 6
     out = capsys.readouterr().out
     assert out.count("engine  rank  host") >= 2 and out.rstrip().endswith("The cluster was stopped."), out
+
+
+def test_a_watch_follows_the_engines_of_a_restart(ip, outside_slurm):
+    ip.run_line_magic("ipcluster", "start -n 2 --launcher local")
+    cluster = ipcmagic._magics.cluster
+    table = cluster.watch_usage(0.2)
+    before = {row["pid"] for row in table.roster.values()}
+    ip.run_line_magic("ipcluster", "restart")
+    table.refresh()
+    assert {row["pid"] for row in table.roster.values()}.isdisjoint(before)
+    assert [row[3] for row in table.rows] == ["alive", "alive"] and not table.ended
+    ip.run_line_magic("ipcluster", "stop")
+    assert table.ended == "The cluster was stopped."
