@@ -189,3 +189,24 @@ def test_an_async_result_whose_streaming_changed(ip, outside_slurm, monkeypatch,
     said = "AsyncResult internals: its streaming callback, exception collection or parts changed; the"
     assert said in caplog.text
     ip.run_line_magic("ipcluster", "stop")
+
+
+def test_async_results_without_caches(ip, outside_slurm, monkeypatch, caplog):
+    """AsyncResult's methods no lru_caches: a stop leaves them as they are."""
+    from ipyparallel.client.asyncresult import AsyncResult
+
+    monkeypatch.setattr(AsyncResult, "__len__", AsyncResult.__len__.__wrapped__)
+    monkeypatch.setattr(internals, "_said", set())
+    with caplog.at_level(logging.DEBUG, logger="ipcmagic.base.internals"):
+        assert_px_works(ip)
+        ip.run_line_magic("ipcluster", "stop")
+    assert "AsyncResult's caches: not lru_caches; the stock behaviour stays" in caplog.text
+
+
+def test_a_stop_lets_the_cluster_s_results_go(ip, outside_slurm):
+    from ipyparallel.client.asyncresult import AsyncResult
+
+    assert_px_works(ip)
+    assert AsyncResult.__len__.cache_info().currsize
+    ip.run_line_magic("ipcluster", "stop")
+    assert AsyncResult.__len__.cache_info().currsize == 0

@@ -95,36 +95,40 @@ def _notebook(process: psutil.Process | None) -> str:
 
 
 def _steps(job_id: str, processes: dict[int, psutil.Process]) -> list[Holder]:
+    """The job's running steps but this kernel's own, its clusters' and runs', and watches'."""
     command = ["scontrol", "show", "step", "--oneliner", job_id]
     try:
         shown = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_WAIT).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []  # slurmctld busy: a start does not wait for a courtesy
     own_step = os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID")
+    here = os.uname().nodename.split(".")[0]
     found = []
     for step in _STEP.finditer(shown):
-        srun = processes.get(int(step["pid"])) if step["host"] == os.uname().nodename.split(".")[0] else None
-        if (
-            step["step"] == own_step
-            or step["name"].startswith(USAGE_STEP)
-            or (srun is not None and _mine(srun))
-        ):
-            continue
-        tasks, name = int(step["tasks"]), step["name"]
-        if name.startswith("ipcmagic-torchrun-"):
-            what = f"a %%torchrun run of {tasks} rank{'s' * (tasks > 1)}"
-        elif name.startswith("ipcmagic-"):
-            what = f"{tasks} engine{'s' * (tasks > 1)}"
-        else:
-            what = f"{tasks} task{'s' * (tasks > 1)}"
-        who = _notebook(srun) if name.startswith("ipcmagic-") and srun else ""
-        tasks_here = [p for p in processes.values() if _is_task_of(p, step["job"], step["step"])]
-        gpus = _gpus(tasks_here) or sum(int(n) for n in _GPUS.findall(step["tres"]))
-        on = f"on GPUs {gpus} of" if isinstance(gpus, str) else f"on {gpus} GPUs of" if gpus else "on"
-        since = time.mktime(time.strptime(step["start"], "%Y-%m-%dT%H:%M:%S"))
-        who = who or f"step {step['job']}.{step['step']} ({name}) of this job"
-        found.append(Holder(who, what, f"{on} {step['nodes']}", since))
+        srun = processes.get(int(step["pid"])) if step["host"] == here else None
+        watching = step["name"].startswith(USAGE_STEP)  # holds next to nothing
+        if step["step"] != own_step and not watching and not (srun is not None and _mine(srun)):
+            found.append(_step_holder(step, srun, processes))
     return found
+
+
+def _step_holder(step: re.Match, srun: psutil.Process | None, processes: dict[int, psutil.Process]) -> Holder:
+    """What a step holds, and whose it is: a notebook's (ipcmagic's steps, whose srun runs here)."""
+    tasks, name = int(step["tasks"]), step["name"]
+    plural = "s" * (tasks > 1)
+    if name.startswith("ipcmagic-torchrun-"):
+        what = f"a %%torchrun run of {tasks} rank{plural}"
+    elif name.startswith("ipcmagic-"):
+        what = f"{tasks} engine{plural}"
+    else:
+        what = f"{tasks} task{plural}"
+    who = _notebook(srun) if name.startswith("ipcmagic-") and srun else ""
+    who = who or f"step {step['job']}.{step['step']} ({name}) of this job"
+    here = _gpus(p for p in processes.values() if _is_task_of(p, step["job"], step["step"]))
+    counted = sum(int(n) for n in _GPUS.findall(step["tres"]))
+    on = f"on GPUs {here} of" if here else f"on {counted} GPUs of" if counted else "on"
+    since = time.mktime(time.strptime(step["start"], "%Y-%m-%dT%H:%M:%S"))
+    return Holder(who, what, f"{on} {step['nodes']}", since)
 
 
 def _is_task_of(process: psutil.Process, job: str, step: str) -> bool:
