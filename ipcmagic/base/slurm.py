@@ -8,6 +8,7 @@ import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from IPython.core.error import UsageError
 
@@ -215,8 +216,10 @@ class Allocation:
         per node."""
         return self.in_step or self.env_tasks is not None
 
-    def _show(self) -> str:
-        """``scontrol show job --details`` of this job, on one line."""
+    @cached_property
+    def _shown(self) -> str:
+        """``scontrol show job --details`` of this job, on one line; asked once per Allocation
+        (one is made for each start or run), however many of its numbers are read."""
         command = ["scontrol", "show", "job", "--details", "--oneliner", self.job_id]
         try:
             shown = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT)
@@ -236,7 +239,7 @@ class Allocation:
         return shown.stdout
 
     def _scontrol(self, field: str) -> int:
-        match = re.search(rf"\b{field}=(\d+)", self._show())
+        match = re.search(rf"\b{field}=(\d+)", self._shown)
         if not match:
             raise RuntimeError(f"scontrol show job {self.job_id} did not report {field}")
         return int(match[1])
@@ -258,7 +261,7 @@ class Allocation:
     def gpus_per_node(self) -> dict[str, int]:
         """The GPUs the job holds on each of its nodes (GRES ``gpu``, of any type)."""
         gpus = dict.fromkeys(self.nodes, 0)
-        for nodes, gres in _NODE_GRES.findall(self._show()):
+        for nodes, gres in _NODE_GRES.findall(self._shown):
             count = sum(int(n) for n in _GPUS.findall(gres))
             gpus.update(dict.fromkeys(expand_hostlist(nodes), count))
         return gpus
