@@ -34,6 +34,7 @@ from typing import IO, Any, NoReturn
 from ipyparallel.engine import app, nanny
 from traitlets import Bool
 
+from .base.containers import reactivate
 from .base.internals import fits, parameters
 
 
@@ -207,6 +208,7 @@ def run_exit_handlers() -> None:
 
 
 if __name__ == "__main__":
+    reactivate(os.environ)  # the kernel's venv, where the engine's container set its own PATH
     import_kernel_without_debugger()
     if nanny_fits():
         Engine.forked_nanny = ForkedNanny()

@@ -5,6 +5,7 @@ Under CI=true a missing Slurm or MPI fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -164,6 +165,41 @@ def run_in_job(salloc: list[str], srun: list[str], script: str, env: dict[str, s
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
+
+
+#: a kernel's program after a function ``where()`` (where a process runs, as JSON): ``where()`` of
+#: the kernel, then each argument a magic's line (``%%...``: with a cell that prints its ``where()``;
+#: ``launch(...)``: ``ipcmagic.torchrun.launch(where, ...)``), and after ``%ipcluster start`` each
+#: engine's ``where()``; UsageErrors said, not raised
+MAGICS_KERNEL = r"""
+import inspect, json, sys
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+import ipcmagic
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "ipcmagic")
+print("KERNEL", json.dumps(where()))
+CELL = inspect.getsource(where) + "import json\nprint('PLACE', json.dumps(where()))"
+for line in sys.argv[1:]:
+    try:
+        if line.startswith("launch"):
+            print("LAUNCHED", json.dumps(eval(f"ipcmagic.torchrun.{line.replace('(', '(where, ', 1)}")))
+        elif line.startswith("%%"):
+            magic, _, args = line[2:].partition(" ")
+            ip.run_cell_magic(magic, args, CELL)
+        else:
+            ip.run_line_magic(*line[1:].split(" ", 1))
+            if line.startswith("%ipcluster start"):
+                print("ENGINES", json.dumps(ipcmagic.client()[:].apply_sync(where)))
+    except UsageError as e:
+        print("RAISED UsageError", e)
+"""
+
+
+def tagged(out: str, tag: str) -> list:
+    """What the lines of a MAGICS_KERNEL that say ``tag`` (after a rank's ``[N] ``) carry, in order."""
+    found = (re.match(rf"(?:\[\d+\] )?{tag} (.*)", line) for line in out.splitlines())
+    return [json.loads(match[1]) for match in found if match]
 
 
 @pytest.fixture(scope="session")

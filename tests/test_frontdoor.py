@@ -112,6 +112,19 @@ WHOLE_NODES = {
     "stop": "%ipcluster stop",
     "torchrun": TORCH_CELL.format(args="-n gpu --nnodes {nodes}"),
 }
+#: where a cell runs: the image, the Python (a venv's prefix), the first of PATH, the EDF's marker
+WHERE_CONTAINER = """import os, sys
+image = open("/etc/ipcmagic-image").read().strip()
+path, edf = os.environ["PATH"].split(":")[0], os.environ.get("WHICH_EDF")
+print("in", image, "from", sys.prefix, "PATH", path, "EDF", edf)"""
+CONTAINER = {
+    "load": "%load_ext ipcmagic",
+    "start": "%ipcluster start -n 2",
+    "px": "%%px\n" + WHERE_CONTAINER,
+    "torchrun": "%%torchrun -n 2\n" + WHERE_CONTAINER,
+    "other": "%%torchrun -n 1 --environment other.toml --python /usr/bin/python3\n" + WHERE_CONTAINER,
+    "stop": "%ipcluster stop",
+}
 #: processes of the user's server itself: the batch script, its srun, the server, its kernels
 SERVER_PROCESS = re.compile(r"slurm_script|batchspawner-singleuser|jupyterhub-singleuser|ipykernel_launcher")
 
@@ -120,7 +133,8 @@ class HubLab:
     """One running `dev/hublab` (its env.sh: URL, user, home, Slurm lab) and what its user left."""
 
     def __init__(self, lab: Path, layout: str = ""):
-        """``layout``: "" for batchspawner's (its user), "CSCS" for CSCS's (its user)."""
+        """``layout``: "" for batchspawner's (its user), "CSCS" for CSCS's, "CE" for a container
+        session's (its home: its scratch, the session's workdir; its kernel: a venv's)."""
         env_file = lab / "hub" / "env.sh"
         require(env_file.exists(), f"no hub lab on {lab} (dev/hublab start; SLURMLAB_NODES=2 for 2 nodes)")
         found = dict(re.findall(r"(\w+)=(\S+)", env_file.read_text()))
@@ -130,6 +144,7 @@ class HubLab:
             found[f"{prefix}USER"],
             Path(found[f"{prefix}HOME"]),
         )
+        self.kernel = found.get(f"{prefix}KERNEL", "python3")
         self.token = found["HUBLAB_TOKEN"]
         self.lab = lab
         self.env = {**os.environ, "SLURM_CONF": found["SLURM_CONF"]}
@@ -221,9 +236,9 @@ class HubLab:
             ],
             "metadata": {
                 "kernelspec": {
-                    "display_name": "Python 3 (ipykernel)",
+                    "display_name": self.kernel,
                     "language": "python",
-                    "name": "python3",
+                    "name": self.kernel,
                 }
             },
             "nbformat": 4,
@@ -314,6 +329,12 @@ def hub2():
 def cscs_hub(request):
     """CSCS's layout (dev/hublab), on 1 node and on 2."""
     yield from hub_lab(ONE_NODE_LAB if request.param == 1 else TWO_NODE_LAB, "CSCS")
+
+
+@pytest.fixture
+def container_hub():
+    """A container session (dev/hublab's ipcmce1: CSCS's layout, #SBATCH --environment)."""
+    yield from hub_lab(ONE_NODE_LAB, "CE")
 
 
 # --- what a user does in the browser -------------------------------------------------------------
@@ -695,3 +716,36 @@ def rank_dies(page, shot: Shots, index: int) -> None:
     assert " on n2) exited with code 3; srun then stopped the others: engine 0 " in lines[-1], lines
     assert sum("%ipcluster restart" in line for line in lines) == 1, lines
     assert c.locator(".widget-hprogress").count() <= 1, lines
+
+
+def test_a_container_session(container_hub, page, shots_dir):
+    """JupyterLab in the container of the user's EDF (the labs' stand-in for CSCS's Container Engine),
+    the kernel from a venv on top of the image: engines and ranks run in the same container with that
+    venv active; %%torchrun --environment runs in another and says so; Stop My Server leaves nothing."""
+    hub, shot = container_hub, Shots(shots_dir, "container")
+    hub.write_notebook("container.ipynb", CONTAINER)
+    TIMINGS["login -> JupyterLab (container)"] = log_in(page, hub, shot)
+    open_notebook(page, hub, "container.ipynb")
+    kernel = hub.kernel_environ()
+    edf, venv = str(hub.home / "pytorch.toml"), str(hub.home / "venv")
+    assert (
+        kernel["SLURM_SPANK__SLURM_SPANK_OPTION_pyxis_environment"] == edf and kernel["VIRTUAL_ENV"] == venv
+    )
+    run(page, list(CONTAINER).index("load"))
+    TIMINGS["%ipcluster start -n 2 (container)"] = assert_started(
+        run(page, list(CONTAINER).index("start")), 2
+    )
+    here = f"in pytorch from {venv} PATH {venv}/bin EDF None"
+    c = run(page, list(CONTAINER).index("px"))
+    shot(page, "px-in-container", c, doc="container-px.png")
+    assert output(c).count(here) == 2, output(c)
+    c = run(page, list(CONTAINER).index("torchrun"))
+    assert output(c).count(here) == 2, output(c)
+    c = run(page, list(CONTAINER).index("other"))
+    shot(page, "torchrun-other-edf", c, doc="container-other-edf.png")
+    assert "[0] in pytorch from /usr PATH /usr/local/bin EDF other" in output(c), output(c)
+    said = f"%%torchrun: the ranks run in the container of other.toml, not this kernel's ({edf})"
+    assert said in output(c), output(c)
+    run(page, list(CONTAINER).index("stop"))
+    TIMINGS["container: Stop My Server"] = stop_my_server(page, shot, None)
+    assert_nothing_left(hub, server_running=False, when="after Stop My Server")

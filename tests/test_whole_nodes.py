@@ -5,9 +5,7 @@ and ``%%torchrun`` start without -n, and with -n gpu, and where each engine or r
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -15,40 +13,16 @@ import tempfile
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import MAGICS_KERNEL, ROOT, tagged
 
 pytestmark = pytest.mark.usefixtures("nothing_left")
 
-#: a kernel: the magics' lines, then each engine's and each rank's place as JSON lines
-KERNEL = r"""
-import json, os, sys
-from IPython.core.interactiveshell import InteractiveShell
-import ipcmagic
-ip = InteractiveShell.instance()
-ip.run_line_magic("load_ext", "ipcmagic")
-PLACE = "import json, os, socket; print('PLACE', json.dumps([os.environ.get(v) for v in " \
-    "('RANK', 'LOCAL_RANK', 'CUDA_VISIBLE_DEVICES', 'SLURM_CPUS_PER_TASK')] + [socket.gethostname()]))"
-def place():
+#: where a process runs: RANK, LOCAL_RANK, CUDA_VISIBLE_DEVICES, SLURM_CPUS_PER_TASK, host
+WHERE = """
+def where():
     import os, socket
-    env = os.environ
-    return [env.get(v) for v in ("RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK")] + [
-        socket.gethostname()
-    ]
-for line in sys.argv[1:]:
-    if line.startswith("launch"):  # launch(place, <the line's keyword arguments>)
-        print("LAUNCHED", json.dumps(eval(f"ipcmagic.torchrun.{line.replace('(', '(place, ', 1)}")))
-    elif line.startswith("%%"):
-        magic, _, args = line[2:].partition(" ")
-        ip.run_cell_magic(magic, args, PLACE)
-    else:
-        ip.run_line_magic(*line[1:].split(" ", 1))
-    if line.startswith("%ipcluster start"):
-        seen = ipcmagic.client()[:].apply_sync(lambda: (
-            __import__("os").environ.get("CUDA_VISIBLE_DEVICES"),
-            __import__("os").environ.get("SLURM_CPUS_PER_TASK"),
-            __import__("socket").gethostname(),
-        ))
-        print("ENGINES", json.dumps(seen))
+    names = ("RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK")
+    return [os.environ.get(name) for name in names] + [socket.gethostname()]
 """
 
 
@@ -62,7 +36,7 @@ def run_in_batch(env: dict[str, str], options: list[str], *lines: str, on_node: 
         os.chmod(tmp, 0o755)
         script, out = os.path.join(tmp, "kernel.py"), os.path.join(tmp, "out")
         with open(script, "w") as f:
-            f.write(KERNEL)
+            f.write(WHERE + MAGICS_KERNEL)
         kernel = [sys.executable, script, *lines]
         if on_node:
             batch = os.path.join(tmp, "job.sh")
@@ -82,12 +56,6 @@ def run_in_batch(env: dict[str, str], options: list[str], *lines: str, on_node: 
         text = open(out).read() if on_node else done.stdout
         assert done.returncode == 0, text + done.stderr
         return text
-
-
-def tagged(out: str, tag: str) -> list:
-    """What the lines that say ``tag`` (after a rank's ``[N] ``) carry, in the order printed."""
-    found = (re.match(rf"(?:\[\d+\] )?{tag} (.*)", line) for line in out.splitlines())
-    return [json.loads(match[1]) for match in found if match]
 
 
 @pytest.fixture
@@ -111,8 +79,8 @@ def test_a_gpu_node_gets_an_engine_and_a_rank_per_gpu(one_node):
     )
     assert "4 srun engines ready in " in out and " s (one per GPU of this job); %%px runs" in out, out
     (engines,) = tagged(out, "ENGINES")
-    assert sorted(gpus for gpus, _, _ in engines) == ["0", "1", "2", "3"]
-    assert {cpus for _, cpus, _ in engines} == {"2"}
+    assert sorted(engine[2] for engine in engines) == ["0", "1", "2", "3"]
+    assert {engine[3] for engine in engines} == {"2"}
     places = tagged(out, "PLACE")
     all_seen, own = sorted(places[:4]), sorted(places[4:])  # each run's ranks, by rank
     assert [place[1:4] for place in all_seen] == [[str(r), "0,1,2,3", "2"] for r in range(4)], out
@@ -145,7 +113,9 @@ def test_two_gpu_nodes(two_nodes):
     )
     assert "8 srun engines ready in " in out and "(one per GPU of this job)" in out, out
     (engines,) = tagged(out, "ENGINES")
-    assert sorted(engines) == sorted([str(g), "2", host] for host in ("n1", "n2") for g in range(4))
+    assert sorted(engine[2:] for engine in engines) == sorted(
+        [str(g), "2", host] for host in ("n1", "n2") for g in range(4)
+    )
     ranks = sorted(tagged(out, "PLACE"), key=lambda place: int(place[0]))
     assert [(p[0], p[1], p[4]) for p in ranks] == [
         (str(r), str(r % 4), "n1" if r < 4 else "n2") for r in range(8)

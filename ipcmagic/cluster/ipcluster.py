@@ -21,6 +21,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from ..base.addresses import LOOPBACK, address_for
 from ..base.commands import require_command, resolve_launcher
+from ..base.containers import kept_activation, require_slurm_files, session_container
 from ..base.environments import warn_of_traps
 from ..base.errors import ClusterError, Interrupted
 from ..base.holders import USAGE_STEP, holders
@@ -178,9 +179,11 @@ class IPCluster(LoggingConfigurable):
 
     def _engine_environment(self, plan: EnginePlan) -> dict[str, str]:
         """The engines' variables besides the kernel's: the site's (engine_env) that the kernel
-        does not have, then the launcher's own configured ``environment``."""
+        does not have, the kernel's venv in a container (:func:`~ipcmagic.base.containers.kept_activation`),
+        then the launcher's own configured ``environment``."""
         site = {name: value for name, value in self.engine_env.items() if name not in os.environ}
-        environment = {**site, **plan.launcher_class(config=self.config).environment}
+        configured = plan.launcher_class(config=self.config).environment
+        environment = {**site, **kept_activation(os.environ), **configured}
         warn_of_traps({**os.environ, **environment})
         return environment
 
@@ -205,8 +208,10 @@ class IPCluster(LoggingConfigurable):
         timeout = timeout or self.timeout
         controller_ip = self._controller_ip(plan, allocation)
         # engines on this node can read the connection file, so they start together with the
-        # controller and wait for it; engines elsewhere get the connection info once it exists
-        all_here = controller_ip == LOOPBACK
+        # controller and wait for it; engines elsewhere, or in a container (whose /tmp is not the
+        # kernel's), get the connection info once it exists
+        in_container = plan.launcher != "local" and session_container(os.environ)
+        all_here = controller_ip == LOOPBACK and not in_container
         engine_args = [*plan.traits.get("engine_args", []), *self._engine_args(timeout, plan.dask)]
         traits = {**plan.traits, "engine_args": engine_args, "environment": self._engine_environment(plan)}
         if plan.launcher != "local":
@@ -360,6 +365,8 @@ class IPCluster(LoggingConfigurable):
         command = getattr(configured, "mpi_cmd", None)
         if command:
             require_command(command[0])
+            if allocation:
+                require_slurm_files(os.environ)
         given = {name: value for name, value in request.items() if value is not None}
         plan = plan_engines(allocation, launcher=launcher, **{**site_options(configured), **given})
         most = self.local_engines_per_cpu * len(os.sched_getaffinity(0))

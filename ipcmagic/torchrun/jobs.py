@@ -18,6 +18,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..base.addresses import address_for
 from ..base.commands import require_command, resolve_launcher, shell_words
+from ..base.containers import describe, require_slurm_files
 from ..base.environments import warn_of_traps
 from ..base.slurm import Allocation, require_full_export
 from ..base.watchdog import Watchdog
@@ -120,6 +121,7 @@ class Torchrun(LoggingConfigurable):
             raise UsageError("--nnodes must be at least 1, --gpus-per-rank 0 or more.")
         if launcher == "srun":
             require_command("srun")
+            require_slurm_files(os.environ)
             require_full_export(srun_args, "--srun-args")
             if nnodes > len(allocation.nodes):
                 raise UsageError(
@@ -132,6 +134,8 @@ class Torchrun(LoggingConfigurable):
             print(
                 f"%%torchrun: {nproc * nnodes} rank{'s' if nproc * nnodes > 1 else ''} ({rule})", flush=True
             )
+        if environment:
+            print(f"%%torchrun: the ranks run in {describe(environment, os.environ)}", flush=True)
         directory = tempfile.mkdtemp(prefix="ipcmagic-torchrun-")
         token = os.path.basename(directory)
         name = f"ipcmagic-torchrun-{os.getpid()}"

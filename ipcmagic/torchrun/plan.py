@@ -11,6 +11,7 @@ from pathlib import Path
 
 from IPython.core.error import UsageError
 
+from ..base.containers import kept_activation, without_container
 from ..base.gpus import device_sets, visible_devices
 from ..base.slurm import BLOCK, Allocation, step_env
 from . import rank as rank_side
@@ -180,5 +181,7 @@ def plan_srun(
     if gpus_per_rank:
         argv.append(f"--gpus-per-task={gpus_per_rank}")
     argv += [*srun_args, "bash", "-c", _TASK_ENV, "torchrun-task", python, *program]
+    # a container of the step's own replaces the kernel's (whose venv is not in it)
+    env = without_container(env) if environment else {**env, **kept_activation(env)}
     task_env = {**streamed(step_env(clean_env(env))), "MASTER_ADDR": nodes[0], "MASTER_PORT": str(port)}
     return TorchrunPlan(argv, task_env, nproc * nnodes, "srun")
