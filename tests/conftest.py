@@ -167,6 +167,32 @@ def run_in_job(salloc: list[str], srun: list[str], script: str, env: dict[str, s
     return out.stdout
 
 
+def batch_job(options: list[str], script: str, env: dict[str, str], cwd: Path, *args: str) -> str:
+    """Run ``script`` with ``args`` as the batch script of a new job; its output, or the test fails
+    where the job failed. As ``sbatch --wait``, whose polls 2, 4 and 8 s apart cost a short job 10 s."""
+    fd, out = tempfile.mkstemp(dir="/var/tmp", prefix="batch-", suffix=".out")
+    os.close(fd)
+    try:
+        sbatch = ["sbatch", "--parsable", "-Q", "-o", out, *options, script, *args]
+        submitted = subprocess.run(sbatch, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        job, deadline = submitted.stdout.strip().split(";")[0], time.monotonic() + 240
+        while True:
+            show = ["scontrol", "-o", "show", "job", job]
+            shown = subprocess.run(show, env=env, capture_output=True, text=True, timeout=30).stdout
+            if not re.search(r"JobState=(PENDING|CONFIGURING|RUNNING) ", shown):
+                break
+            if time.monotonic() > deadline:
+                subprocess.run(["scancel", job], env=env, timeout=30)
+                raise AssertionError(f"job {job} still ran after 240 s: {Path(out).read_text()}")
+            time.sleep(0.2)
+        text = Path(out).read_text()
+        assert "ExitCode=0:0" in shown, text + shown
+        return text
+    finally:
+        os.unlink(out)
+
+
 #: a kernel's program after a function ``where()`` (where a process runs, as JSON): ``where()`` of
 #: the kernel, then each argument a magic's line (``%%...``: with a cell that prints its ``where()``;
 #: ``launch(...)``: ``ipcmagic.torchrun.launch(where, ...)``), and after ``%ipcluster start`` each

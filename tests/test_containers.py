@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ipcmagic.base.containers import SPANK_PREFIXES, missing_slurm_files
-from tests.conftest import MAGICS_KERNEL, ROOT, require, slurm_confs, tagged
+from tests.conftest import MAGICS_KERNEL, ROOT, batch_job, require, slurm_confs, tagged
 
 pytestmark = pytest.mark.usefixtures("nothing_left")
 
@@ -28,7 +28,8 @@ PLUGIN = CONTAINERS / "lib" / "spank_pyxis.so"
 #: the user's files, mounted in the container as a CSCS user's scratch (the 2-node lab's nodes see /var/tmp)
 SCRATCH = Path("/var/tmp/ipcmagic-container-tests")
 
-#: where a process runs: the image, its Python's prefix, the first of PATH, its venv, the EDF's mark, host
+#: where a process runs: the image, its Python's prefix, the first of PATH, its venv, the EDF's mark,
+#: RANK, host
 WHERE = """
 def where():
     import os, socket, sys
@@ -39,6 +40,7 @@ def where():
         "path": os.environ["PATH"].split(":")[0],
         "venv": os.environ.get("VIRTUAL_ENV"),
         "edf": os.environ.get("WHICH_EDF"),
+        "rank": os.environ.get("RANK"),
         "host": socket.gethostname(),
     }
 """
@@ -107,27 +109,23 @@ def scratch(slurm) -> Path:
 def run_kernel(
     env: dict[str, str], options: list[str], kernel_edf: Path, *lines: str, batch: bool = False
 ) -> str:
-    """KERNEL with ``lines`` in a new job in the container of ``kernel_edf``, its venv activated as
-    the kernel's spec does it (CSCS: ``ipykernel install --env PATH ...``); its output. ``batch``:
-    as the job's batch script, as CSCS's spawner runs JupyterLab; else as a one-task job step, as
-    batchspawner's does (quicker: sbatch --wait polls the job's end)."""
+    """The magics' ``lines`` in a kernel in a new job in the container of ``kernel_edf``, its venv
+    activated as the kernel's spec does it (CSCS: ``ipykernel install --env PATH ...``); its output.
+    ``batch``: as the job's batch script, as CSCS's spawner runs JupyterLab; else as a one-task
+    job step, as batchspawner's does."""
     venv = SCRATCH / "venv"
     with tempfile.NamedTemporaryFile("w", dir=SCRATCH, suffix=".sh", delete=False) as job:
         job.write(f"#!/bin/bash\nexport PATH={venv}/bin:$PATH VIRTUAL_ENV={venv}\n")
         job.write(f'exec python {SCRATCH}/kernel.py "$@"\n')
-    out = Path(job.name + ".out")
-    command = ["-Q", "-J", "ipcmagic-container", f"--environment={kernel_edf}", *options]
-    if batch:
-        command = ["sbatch", "--wait", "-o", str(out), *command, job.name, *lines]
-    else:
-        command = ["salloc", *command, "srun", "-n", "1", "bash", job.name, *lines]
+    options = ["-J", "ipcmagic-container", f"--environment={kernel_edf}", *options]
     try:
-        done = subprocess.run(command, env=env, cwd=SCRATCH, capture_output=True, text=True, timeout=240)
-        text = out.read_text() if batch and out.exists() else done.stdout
-        assert done.returncode == 0, text + done.stderr
-        return text
+        if batch:
+            return batch_job(options, job.name, env, SCRATCH, *lines)
+        salloc = ["salloc", "-Q", *options, "srun", "-n", "1", "bash", job.name, *lines]
+        done = subprocess.run(salloc, env=env, cwd=SCRATCH, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
     finally:
-        out.unlink(missing_ok=True)
         os.unlink(job.name)
 
 
@@ -167,11 +165,13 @@ def test_a_kernel_in_a_container_runs_everything_there(one_node, scratch):
     assert "RAISED" not in out, out
     (kernel,) = tagged(out, "KERNEL")
     in_the_kernels_container([kernel])
+    assert kernel["rank"] == "0", kernel  # enroot's PyTorch hook, as at CSCS: never passed on to ranks
     (engines,) = tagged(out, "ENGINES")
     (launched,) = tagged(out, "LAUNCHED")
     places = tagged(out, "PLACE")
     assert len(engines) == 2 and len(launched) == 2 and len(places) == 4, out
     in_the_kernels_container([*engines, *launched, *places[:2]])
+    assert sorted(p["rank"] for p in places[:2]) == sorted(p["rank"] for p in launched) == ["0", "1"], out
     assert [(p["image"], p["prefix"], p["edf"], p["venv"]) for p in places[2:]] == [
         ("pytorch", "/usr", "other", None)
     ] * 2

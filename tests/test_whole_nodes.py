@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from tests.conftest import MAGICS_KERNEL, ROOT, tagged
+from tests.conftest import MAGICS_KERNEL, ROOT, batch_job, tagged
 
 pytestmark = pytest.mark.usefixtures("nothing_left")
 
@@ -34,7 +34,7 @@ def run_in_batch(env: dict[str, str], options: list[str], *lines: str, on_node: 
     which is quicker than sbatch's polling."""
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="whole-nodes-") as tmp:
         os.chmod(tmp, 0o755)
-        script, out = os.path.join(tmp, "kernel.py"), os.path.join(tmp, "out")
+        script = os.path.join(tmp, "kernel.py")
         with open(script, "w") as f:
             f.write(WHERE + MAGICS_KERNEL)
         kernel = [sys.executable, script, *lines]
@@ -42,20 +42,11 @@ def run_in_batch(env: dict[str, str], options: list[str], *lines: str, on_node: 
             batch = os.path.join(tmp, "job.sh")
             with open(batch, "w") as f:
                 f.write(f"#!/bin/sh\ncd {ROOT}\nexec {shlex.join(kernel)}\n")
-            command = ["sbatch", "--wait", "-o", out, *options, batch]
-        else:
-            command = ["salloc", *options, *kernel]
-        done = subprocess.run(
-            [*command[:1], "-Q", "-J", "ipcmagic-whole", *command[1:]],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        text = open(out).read() if on_node else done.stdout
-        assert done.returncode == 0, text + done.stderr
-        return text
+            return batch_job(["-J", "ipcmagic-whole", *options], batch, env, ROOT)
+        salloc = ["salloc", "-Q", "-J", "ipcmagic-whole", *options, *kernel]
+        done = subprocess.run(salloc, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
 
 
 @pytest.fixture
