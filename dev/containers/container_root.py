@@ -44,9 +44,9 @@ def mount(source: str, target: Path, fstype: str | None = None, flags: int = 0, 
 
 
 def bind(source: str | Path, target: Path, readonly: bool = False) -> None:
+    """``source`` at ``target``, without set-user-ID programs (as enroot's: no privileges to gain)."""
     mount(str(source), target, flags=MS_BIND | MS_REC)
-    if readonly:
-        mount("none", target, flags=MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+    mount("none", target, flags=MS_BIND | MS_REMOUNT | MS_NOSUID | (MS_RDONLY if readonly else 0))
 
 
 def mount_point(root: Path, path: str, source: Path, owner: tuple[int, int]) -> Path:
@@ -112,7 +112,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, str], str]:
         (runtime / name).mkdir()
     root = runtime / "root"
     layers = f"lowerdir={image},upperdir={runtime / 'upper'},workdir={runtime / 'work'}"
-    mount("overlay", root, "overlay", 0, layers)
+    mount("overlay", root, "overlay", MS_NOSUID, layers)
     owner = (args.uid, args.gid)
     bind("/usr", mount_point(root, "/usr", Path("/usr"), owner), readonly=True)
     bind(image / "usr" / "local", root / "usr" / "local", readonly=True)
@@ -131,7 +131,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, str], str]:
     if writable and not home.exists():
         mount_point(root, user.pw_dir, Path("/"), owner)
     if not writable:
-        mount("none", root, flags=MS_BIND | MS_REMOUNT | MS_RDONLY)
+        mount("none", root, flags=MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
 
     env = image_env(image)
     env.update({name: expand(str(value), user) for name, value in edf.get("env", {}).items()})
