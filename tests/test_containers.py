@@ -183,8 +183,8 @@ def test_the_stand_in_refuses_what_pyxis_refuses(one_node, scratch):
     """In a job with --environment: an srun with another EDF is refused as pyxis refuses it, the same
     EDF again is not; an EDF that does not exist fails srun at once; a step that does not enter the
     container cannot run the kernel's Python (the host has neither its interpreter nor its packages); a mount
-    whose source is missing fails the task; --container-image, --container-mounts and
-    --container-workdir work as pyxis's."""
+    whose source is missing fails the task; an srun's container is not passed on to the srun of its
+    tasks (Slurm's way); --container-image, --container-mounts and --container-workdir work as pyxis's."""
     other = edf(scratch / "other.toml", *slurm_mounts(one_node["SLURM_CONF"]))
     steps = {  # $OUT: without the job's container
         "other": f"srun -n 1 --environment={other} true",
@@ -192,6 +192,7 @@ def test_the_stand_in_refuses_what_pyxis_refuses(one_node, scratch):
         "missing": "$OUT srun -n 1 --environment=/nonexistent.toml true",
         "outside": f"$OUT srun -n 1 {scratch}/venv/bin/python -c 'import ipyparallel'",
         "no source": f"$OUT srun -n 1 --container-image={IMAGE} --container-mounts=/nonexistent true",
+        "step only": f"$OUT srun -n 1 --environment={scratch}/kernel.toml sh -c 'env | grep -c OPTION_||:'",
         "image": f"$OUT srun -n 1 --container-image={IMAGE} --container-mounts={scratch}:/data:ro "
         "--container-workdir=/data sh -c 'cat /etc/ipcmagic-image; pwd; ls /work'",
     }
@@ -219,6 +220,7 @@ def test_the_stand_in_refuses_what_pyxis_refuses(one_node, scratch):
     # a venv made in the container runs the image's python (/usr/local/bin/python), not the host's
     assert said["outside"][1] != "0" and "venv/bin/python: No such file" in said["outside"][0], out
     assert "pyxis: mount /nonexistent: /nonexistent does not exist" in said["no source"][0], out
+    assert said["step only"] == ("0\n", "0"), out  # an srun's options stay with its step (docs/containers.md)
     image, _ = said["image"]
     assert {"pytorch", "/data"} <= set(image.splitlines()) and "cannot access '/work'" in image, out
 

@@ -104,7 +104,7 @@ def require_slurm_files(env: Mapping[str, str]) -> None:
         )
 
 
-def describe(environment: str, env: Mapping[str, str]) -> str:
+def step_container(environment: str, env: Mapping[str, str]) -> str:
     """Which container a step with ``--environment`` runs in, said once per run."""
     kernel = session_container(env)
     return f"the container of {environment}" + (f", not this kernel's ({kernel})" if kernel else "")

@@ -18,7 +18,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..base.addresses import address_for
 from ..base.commands import require_command, resolve_launcher, shell_words
-from ..base.containers import describe, require_slurm_files
+from ..base.containers import require_slurm_files, step_container
 from ..base.environments import warn_of_traps
 from ..base.slurm import Allocation, require_full_export
 from ..base.watchdog import Watchdog
@@ -135,7 +135,7 @@ class Torchrun(LoggingConfigurable):
                 f"%%torchrun: {nproc * nnodes} rank{'s' if nproc * nnodes > 1 else ''} ({rule})", flush=True
             )
         if environment:
-            print(f"%%torchrun: the ranks run in {describe(environment, os.environ)}", flush=True)
+            print(f"%%torchrun: the ranks run in {step_container(environment, os.environ)}", flush=True)
         directory = tempfile.mkdtemp(prefix="ipcmagic-torchrun-")
         token = os.path.basename(directory)
         name = f"ipcmagic-torchrun-{os.getpid()}"
