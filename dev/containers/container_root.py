@@ -37,7 +37,9 @@ class Refused(Exception):
     """What the runtime refuses; the plugin shows it as a ``pyxis:`` error of the task."""
 
 
-def mount(source: str, target: Path, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+def mount(
+    source: str, target: Path, fstype: str | None = None, flags: int = 0, data: str | None = None
+) -> None:
     args = [None if s is None else s.encode() for s in (source, str(target), fstype, data)]
     if libc.mount(args[0], args[1], args[2], flags, args[3]) != 0:
         raise Refused(f"mount {source} on {target}: {os.strerror(ctypes.get_errno())}")
@@ -49,13 +51,13 @@ def bind(source: str | Path, target: Path, readonly: bool = False) -> None:
     mount("none", target, flags=MS_BIND | MS_REMOUNT | MS_NOSUID | (MS_RDONLY if readonly else 0))
 
 
-def mount_point(root: Path, path: str, source: Path, owner: tuple[int, int]) -> Path:
-    """``path`` inside ``root``, created as a directory or an empty file as ``source`` is; the
-    directories it creates under the user's home belong to the user, as enroot's (rootless) would."""
+def mount_point(root: Path, path: str, directory: bool, owner: tuple[int, int]) -> Path:
+    """``path`` inside ``root``, created as a directory or an empty file; the directories it
+    creates belong to the user, as enroot's (rootless) would."""
     target = root / path.lstrip("/")
     missing = [p for p in [target, *target.parents] if not p.exists() and root in p.parents]
     target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
+    if directory:
         target.mkdir(exist_ok=True)
     else:
         target.touch(exist_ok=True)
@@ -67,7 +69,9 @@ def mount_point(root: Path, path: str, source: Path, owner: tuple[int, int]) -> 
 def expand(text: str, user: pwd.struct_passwd) -> str:
     """``${USER}``, ``${HOME}`` and the caller's other variables, as the EDF's values allow."""
     names = {"USER": user.pw_name, "HOME": user.pw_dir}
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: names.get(m[1] or m[2], os.environ.get(m[1] or m[2], "")), text)
+    return re.sub(
+        r"\$\{(\w+)\}|\$(\w+)", lambda m: names.get(m[1] or m[2], os.environ.get(m[1] or m[2], "")), text
+    )
 
 
 def load_edf(path: str, user: pwd.struct_passwd) -> dict:
@@ -101,7 +105,9 @@ def build(args: argparse.Namespace) -> tuple[dict[str, str], str]:
     edf = load_edf(args.edf, user) if args.edf else {}
     image = Path(expand(args.image or edf.get("image", ""), user))
     if not (image / "usr" / "local").is_dir():
-        raise Refused(f"image {image}: not a root filesystem directory (the stand-in's images are directories)")
+        raise Refused(
+            f"image {image}: not a root filesystem directory (the stand-in's images are directories)"
+        )
     mounts = [expand(m, user) for m in edf.get("mounts", [])]
     mounts += [m for spec in args.mounts for m in spec.split(",") if m]
     writable = args.writable or bool(edf.get("writable", False))
@@ -114,22 +120,22 @@ def build(args: argparse.Namespace) -> tuple[dict[str, str], str]:
     layers = f"lowerdir={image},upperdir={runtime / 'upper'},workdir={runtime / 'work'}"
     mount("overlay", root, "overlay", MS_NOSUID, layers)
     owner = (args.uid, args.gid)
-    bind("/usr", mount_point(root, "/usr", Path("/usr"), owner), readonly=True)
+    bind("/usr", mount_point(root, "/usr", True, owner), readonly=True)
     bind(image / "usr" / "local", root / "usr" / "local", readonly=True)
-    mount("proc", mount_point(root, "/proc", Path("/proc"), owner), "proc", MS_NOSUID | MS_NODEV)
-    bind("/dev", mount_point(root, "/dev", Path("/dev"), owner))
-    bind("/sys", mount_point(root, "/sys", Path("/sys"), owner), readonly=True)
+    mount("proc", mount_point(root, "/proc", True, owner), "proc", MS_NOSUID | MS_NODEV)
+    bind("/dev", mount_point(root, "/dev", True, owner))
+    bind("/sys", mount_point(root, "/sys", True, owner), readonly=True)
     for path in HOST_FILES:
         if Path(path).exists():
-            bind(path, mount_point(root, path, Path(path), owner), readonly=True)
+            bind(path, mount_point(root, path, False, owner), readonly=True)
     for spec in [*args.system_mounts, *mounts]:
         source, target, readonly = parse_mount(spec)
         if not Path(source).exists():
             raise Refused(f"mount {spec}: {source} does not exist")
-        bind(source, mount_point(root, target, Path(source), owner), readonly)
+        bind(source, mount_point(root, target, Path(source).is_dir(), owner), readonly)
     home = root / user.pw_dir.lstrip("/")
     if writable and not home.exists():
-        mount_point(root, user.pw_dir, Path("/"), owner)
+        mount_point(root, user.pw_dir, True, owner)
     if not writable:
         mount("none", root, flags=MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
 
@@ -147,7 +153,16 @@ def build(args: argparse.Namespace) -> tuple[dict[str, str], str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    for name in ("--edf", "--image", "--workdir", "--runtime", "--cwd", "--rank", "--local-rank", "--world-size"):
+    for name in (
+        "--edf",
+        "--image",
+        "--workdir",
+        "--runtime",
+        "--cwd",
+        "--rank",
+        "--local-rank",
+        "--world-size",
+    ):
         parser.add_argument(name, default="")
     parser.add_argument("--mounts", action="append", default=[])
     parser.add_argument("--system-mounts", action="append", default=[])

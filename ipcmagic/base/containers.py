@@ -59,10 +59,8 @@ def kept_activation(env: Mapping[str, str]) -> dict[str, str]:
 
 def reactivate(environ: MutableMapping[str, str]) -> None:
     """Restore what :func:`kept_activation` kept: the kernel's venv is active in the step too."""
-    for name in ACTIVATION:
-        kept = environ.pop(KEPT_PREFIX + name, None)
-        if kept is not None:
-            environ[name] = kept
+    for kept in [name for name in environ if name.startswith(KEPT_PREFIX)]:
+        environ[kept.removeprefix(KEPT_PREFIX)] = environ.pop(kept)
 
 
 def missing_slurm_files(env: Mapping[str, str]) -> list[str]:

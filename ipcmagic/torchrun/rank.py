@@ -215,9 +215,9 @@ def main() -> None:
     """``python -c <this file> [arguments]``: with ``$IPCMAGIC_TORCHRUN_CELL`` the cell, the
     arguments its ``sys.argv[1:]``; else with arguments the script file they start with; else
     the launched function."""
-    for name in ("PATH", "VIRTUAL_ENV"):  # ipcmagic.base.containers.reactivate, without ipcmagic
-        if "IPCMAGIC_KERNEL_" + name in os.environ:
-            os.environ[name] = os.environ.pop("IPCMAGIC_KERNEL_" + name)
+    kept_prefix = "IPCMAGIC_KERNEL_"  # ipcmagic.base.containers.reactivate, without ipcmagic
+    for kept in [name for name in os.environ if name.startswith(kept_prefix)]:
+        os.environ[kept[len(kept_prefix) :]] = os.environ.pop(kept)
     kernel = connect()
     code = os.environb.pop(CELL_VAR.encode(), None)
     if code is not None:
